@@ -1,0 +1,22 @@
+"""Preparing databases for pgflow: a local server, pgmq, the realtime stand-in, migrations."""
+
+from .cluster import FAST_SETTINGS, LocalPostgres, find_bindir
+from .migrate import MigrationReport, migrate
+from .pgmq import ensure_pgmq, install_extension_files, pgmq_sql_path, pgmq_version
+from .sqlfiles import Migration, list_migrations, realtime_compat_sql, sql_root
+
+__all__ = [
+    "FAST_SETTINGS",
+    "LocalPostgres",
+    "Migration",
+    "MigrationReport",
+    "ensure_pgmq",
+    "find_bindir",
+    "install_extension_files",
+    "list_migrations",
+    "migrate",
+    "pgmq_sql_path",
+    "pgmq_version",
+    "realtime_compat_sql",
+    "sql_root",
+]

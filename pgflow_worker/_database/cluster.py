@@ -1,0 +1,265 @@
+"""A PostgreSQL server of our own, in a folder of its own, on a free loopback port.
+
+Used by the test suite, ``pgflow demo`` and ``pgflow migrate --local``. It runs the machine's
+PostgreSQL binaries (Debian's ``/usr/lib/postgresql/<N>/bin`` or whatever ``pg_config`` on PATH
+names). ``initdb`` and ``postgres`` refuse to run as root, so as root they run as the
+``postgres`` OS user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from ..errors import PostgresNotFound, PostgresStartError
+from .pgmq import install_extension_files
+
+__all__ = ["FAST_SETTINGS", "LocalPostgres", "find_bindir"]
+
+log = logging.getLogger("pgflow.database")
+
+#: Settings for throwaway servers: durability traded for speed.
+FAST_SETTINGS: Mapping[str, str] = {
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "300",
+    "shared_buffers": "128MB",
+}
+
+_INSTALL_HINT = (
+    "install PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql; "
+    "macOS: brew install postgresql), or point DATABASE_URL at a server you already run"
+)
+
+
+def find_bindir() -> Path:
+    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``.
+
+    Looks at ``PGFLOW_PG_BINDIR``, then ``pg_config --bindir`` on PATH, then the newest
+    ``/usr/lib/postgresql/<N>/bin``.
+    """
+    candidates: list[Path] = []
+    if env := os.environ.get("PGFLOW_PG_BINDIR"):
+        candidates.append(Path(env))
+    if pg_config := shutil.which("pg_config"):
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            )
+            candidates.append(Path(out.stdout.strip()))
+    debian = Path("/usr/lib/postgresql")
+    if debian.is_dir():
+        versions = sorted(
+            (p for p in debian.iterdir() if p.name.isdigit()),
+            key=lambda p: int(p.name),
+            reverse=True,
+        )
+        candidates.extend(v / "bin" for v in versions)
+    for candidate in candidates:
+        if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return candidate
+    raise PostgresNotFound(f"no PostgreSQL server binaries found; {_INSTALL_HINT}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalPostgres:
+    """One PostgreSQL server whose data lives in ``directory``.
+
+    The data folder is created on first start and reused afterwards, so a server kept in a
+    cache folder survives between runs. Use it as a context manager, or call :meth:`start`
+    and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str | None = None,
+        *,
+        port: int | None = None,
+        settings: Mapping[str, str] = FAST_SETTINGS,
+        bindir: Path | None = None,
+    ) -> None:
+        self._owns_directory = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="pgflow-pg-")).resolve()
+        self.bindir = bindir or find_bindir()
+        self.port = port
+        self.settings = dict(settings)
+        self._run_as = self._os_user()
+        self._started = False
+
+    # -- paths and connection strings ---------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "server.log"
+
+    @property
+    def sharedir(self) -> Path:
+        """The server's share directory (where extension control files go)."""
+        pg_config = self.bindir / "pg_config"
+        if pg_config.is_file():
+            out = subprocess.run(
+                [str(pg_config), "--sharedir"], capture_output=True, text=True, check=True
+            )
+            return Path(out.stdout.strip())
+        return self.bindir.parent / "share" / "postgresql"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        """A libpq connection string for one database of this server."""
+        if self.port is None:
+            raise PostgresStartError("the local PostgreSQL server has not been started")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Create the data folder if needed, install pgmq's extension files, start the server."""
+        if self._started:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._hand_over(self.directory)
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb()
+        if not install_extension_files(self.sharedir):
+            log.info(
+                "cannot write pgmq's extension files into %s; pgmq will be loaded as plain SQL",
+                self.sharedir,
+            )
+        last_error = ""
+        for _ in range(5):
+            port = self.port or _free_port()
+            result = self._pg_ctl_start(port)
+            if result.returncode == 0:
+                self.port = port
+                self._started = True
+                return self
+            last_error = self._tail_log() or result.stderr
+            if self.port is not None or "already in use" not in last_error:
+                break
+        raise PostgresStartError(
+            f"PostgreSQL did not start from {self.data_dir}: {last_error.strip()}"
+        )
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown); remove the folder if it was a temporary one."""
+        if self._started:
+            self._run(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"]
+            )
+            self._started = False
+        if self._owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _os_user() -> str | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise PostgresStartError(
+                "PostgreSQL refuses to run as root and there is no 'postgres' OS user to run "
+                "it as; create one (useradd --system postgres) or run as another user"
+            ) from exc
+        return "postgres"
+
+    def _hand_over(self, path: Path) -> None:
+        if self._run_as is None:
+            return
+        shutil.chown(path, user=self._run_as, group=None)
+        path.chmod(0o755)
+        for parent in path.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                raise PostgresStartError(
+                    f"the '{self._run_as}' OS user cannot reach {path}: {parent} is not "
+                    "searchable by other users; choose a folder outside it"
+                )
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        if self._run_as is not None:
+            argv = ["runuser", "-u", self._run_as, "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    def _initdb(self) -> None:
+        result = self._run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-N",
+            ]
+        )
+        if result.returncode != 0:
+            raise PostgresStartError(
+                f"initdb failed for {self.data_dir}: {(result.stderr or result.stdout).strip()}"
+            )
+
+    def _pg_ctl_start(self, port: int) -> subprocess.CompletedProcess[str]:
+        options = [f"-p {port}", f"-k {self.directory}", "-c listen_addresses=127.0.0.1"]
+        options += [f"-c {key}={value}" for key, value in self.settings.items()]
+        started = time.monotonic()
+        result = self._run(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                " ".join(options),
+                "start",
+            ]
+        )
+        log.debug("pg_ctl start took %.2fs (rc=%s)", time.monotonic() - started, result.returncode)
+        return result
+
+    def _tail_log(self, lines: int = 5) -> str:
+        try:
+            text = self.log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])

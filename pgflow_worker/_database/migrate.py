@@ -1,0 +1,128 @@
+"""Applying pgflow-py's SQL to a database: pgmq, the realtime stand-in, then the migrations.
+
+Each migration runs in its own transaction and is recorded in ``pgflow.migrations`` with a
+checksum, so running :func:`migrate` again does nothing. A session advisory lock keeps two
+concurrent ``pgflow migrate`` calls from interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from ..errors import MigrationError
+from .pgmq import ensure_pgmq
+from .sqlfiles import Migration, list_migrations, realtime_compat_sql
+
+__all__ = ["MigrationReport", "migrate"]
+
+log = logging.getLogger("pgflow.database")
+
+_LOCK_KEY = 7_151_987_313  # an arbitrary constant shared by every pgflow-py migrate call
+_COMPAT_MARKER = "pgflow-py realtime stand-in"
+
+
+@dataclass(slots=True)
+class MigrationReport:
+    """What :func:`migrate` found and did."""
+
+    pgmq: str = ""
+    realtime: str = ""
+    applied: list[str] = field(default_factory=list)
+    already_applied: list[str] = field(default_factory=list)
+
+
+def _scalar(conn: psycopg.Connection[Any], query: bytes, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def _ensure_realtime(conn: psycopg.Connection[Any]) -> str:
+    """Install the realtime stand-in unless a real (Supabase) ``realtime.send`` exists."""
+    existing = _scalar(
+        conn,
+        b"select obj_description(to_regprocedure('realtime.send(jsonb,text,text,boolean)'),"
+        b" 'pg_proc')",
+    )
+    exists = _scalar(
+        conn, b"select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null"
+    )
+    if exists and _COMPAT_MARKER not in (existing or ""):
+        return "supabase"
+    with conn.transaction():
+        conn.execute(realtime_compat_sql().encode())
+    return "stand-in"
+
+
+def _ensure_tracking_table(conn: psycopg.Connection[Any]) -> None:
+    with conn.transaction():
+        has_flows = _scalar(conn, b"select to_regclass('pgflow.flows') is not null")
+        has_tracking = _scalar(conn, b"select to_regclass('pgflow.migrations') is not null")
+        if has_flows and not has_tracking:
+            raise MigrationError(
+                "this database already has a pgflow schema that pgflow-py did not install "
+                "(probably the official @pgflow/core migrations); pgflow-py's worker and "
+                "client work with it as it is, so there is nothing to migrate"
+            )
+        conn.execute(
+            b"create schema if not exists pgflow;"
+            b"create table if not exists pgflow.migrations ("
+            b"  version text primary key,"
+            b"  name text not null,"
+            b"  checksum text not null,"
+            b"  applied_at timestamptz not null default now())"
+        )
+
+
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                b"insert into pgflow.migrations (version, name, checksum) values (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"migration {migration.path.name} failed and was rolled back: {exc}"
+        ) from exc
+
+
+def migrate(conninfo: str | psycopg.Connection[Any]) -> MigrationReport:
+    """Bring a database up to date with pgflow-py's SQL; safe to run any number of times."""
+    report = MigrationReport()
+    conn = psycopg.connect(conninfo, autocommit=True) if isinstance(conninfo, str) else conninfo
+    if not conn.autocommit:
+        raise MigrationError("migrate() needs a connection in autocommit mode")
+    try:
+        conn.execute(b"select pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            report.pgmq = ensure_pgmq(conn)
+            report.realtime = _ensure_realtime(conn)
+            _ensure_tracking_table(conn)
+            done = {
+                row[0]: row[1]
+                for row in conn.execute(b"select version, checksum from pgflow.migrations")
+            }
+            for migration in list_migrations():
+                if migration.version in done:
+                    if done[migration.version] != migration.checksum:
+                        log.warning(
+                            "migration %s was applied from a different file than the one "
+                            "shipped now (checksum differs); it is not applied again",
+                            migration.path.name,
+                        )
+                    report.already_applied.append(migration.path.name)
+                    continue
+                _apply(conn, migration)
+                log.info("applied migration %s", migration.path.name)
+                report.applied.append(migration.path.name)
+        finally:
+            conn.execute(b"select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    finally:
+        if isinstance(conninfo, str):
+            conn.close()
+    return report

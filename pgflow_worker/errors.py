@@ -1,0 +1,76 @@
+"""Every exception the worker package raises, named for what went wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "DatabaseSetupError",
+    "FlowDefinitionError",
+    "FlowShapeMismatch",
+    "HandlerOutputError",
+    "MigrationError",
+    "PgflowError",
+    "PgmqUnavailable",
+    "PostgresNotFound",
+    "PostgresStartError",
+    "WorkerError",
+]
+
+
+class PgflowError(Exception):
+    """Base class of every error raised by ``pgflow_worker``."""
+
+
+class FlowDefinitionError(PgflowError, ValueError):
+    """A flow or step definition breaks one of pgflow's rules.
+
+    The message names the flow, the step (when there is one) and the rule.
+    """
+
+    def __init__(self, message: str, *, flow_slug: str, step_slug: str | None = None) -> None:
+        super().__init__(message)
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug
+
+
+class FlowShapeMismatch(PgflowError):
+    """The flow stored in the database differs from the one the worker was given."""
+
+    def __init__(self, flow_slug: str, differences: Sequence[str]) -> None:
+        self.flow_slug = flow_slug
+        self.differences = list(differences)
+        listing = "\n".join(f"  - {d}" for d in self.differences)
+        super().__init__(
+            f"flow {flow_slug!r} in the database differs from the definition:\n{listing}\n"
+            "Start the worker with recompile=True (CLI: --recompile) to replace the stored "
+            "definition; this deletes the flow's runs."
+        )
+
+
+class HandlerOutputError(PgflowError, TypeError):
+    """A step handler returned a value that cannot be stored as JSON."""
+
+
+class WorkerError(PgflowError):
+    """The worker cannot run (bad configuration, lost database, ...)."""
+
+
+class DatabaseSetupError(PgflowError):
+    """Base class for problems preparing a database for pgflow."""
+
+
+class PostgresNotFound(DatabaseSetupError):
+    """No PostgreSQL server binaries could be found to start a local server."""
+
+
+class PostgresStartError(DatabaseSetupError):
+    """A local PostgreSQL server was found but could not be initialised or started."""
+
+
+class PgmqUnavailable(DatabaseSetupError):
+    """The pgmq extension is missing and cannot be installed."""
+
+
+class MigrationError(DatabaseSetupError):
+    """A migration could not be applied, or the database holds an unknown pgflow schema."""

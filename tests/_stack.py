@@ -1,0 +1,157 @@
+"""The database stack the tests run on: one server per session, one fresh database per test.
+
+The server is ``DATABASE_URL`` when that is set, otherwise a throwaway PostgreSQL started from
+the machine's binaries. Two template databases are built once per session: ``ours`` (pgflow-py's
+migrations) and, when npm can fetch it, ``official`` (the ``@pgflow/core`` package's migrations).
+Each test clones one of them, which takes about a tenth of a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgflow_worker._database import LocalPostgres, ensure_pgmq, migrate, realtime_compat_sql
+
+OFFICIAL_VERSION = "0.8.1"
+
+
+class TemplateUnavailable(Exception):
+    """A template database cannot be built here; tests needing it skip with this reason."""
+
+
+class Stack:
+    """One PostgreSQL server and the template databases built on it."""
+
+    def __init__(self) -> None:
+        self._server: LocalPostgres | None = None
+        url = os.environ.get("DATABASE_URL")
+        if url:
+            self.admin_url = url
+        else:
+            self._server = LocalPostgres().start()
+            self.admin_url = self._server.dsn("postgres")
+        self._suffix = uuid.uuid4().hex[:8]
+        self._templates: dict[str, str] = {}
+        self._failures: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._created: list[str] = []
+
+    # -- urls ---------------------------------------------------------------------------------
+
+    def url(self, dbname: str) -> str:
+        params = conninfo_to_dict(self.admin_url)
+        params["dbname"] = dbname
+        return make_conninfo("", **params)
+
+    def _admin(self, sql: bytes, params: tuple[Any, ...] = ()) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql, params)
+
+    # -- templates ----------------------------------------------------------------------------
+
+    def template(self, kind: str) -> str:
+        """The name of a built template database; raises TemplateUnavailable with the reason."""
+        with self._lock:
+            if kind in self._templates:
+                return self._templates[kind]
+            if kind in self._failures:
+                raise TemplateUnavailable(self._failures[kind])
+            name = f"pgflow_tpl_{kind}_{self._suffix}"
+            self._admin(f'create database "{name}"'.encode())
+            self._created.append(name)
+            try:
+                if kind == "ours":
+                    migrate(self.url(name))
+                elif kind == "official":
+                    _install_official(self.url(name))
+                else:
+                    raise ValueError(kind)
+            except TemplateUnavailable as exc:
+                self._failures[kind] = str(exc)
+                raise
+            self._templates[kind] = name
+            return name
+
+    def clone(self, kind: str = "ours") -> str:
+        """A fresh database copied from a template; returns its name."""
+        template = self.template(kind)
+        name = f"pgflow_test_{uuid.uuid4().hex[:12]}"
+        self._admin(f'create database "{name}" template "{template}"'.encode())
+        return name
+
+    def drop(self, name: str) -> None:
+        self._admin(f'drop database if exists "{name}" with (force)'.encode())
+
+    def close(self) -> None:
+        for name in self._created:
+            with contextlib.suppress(psycopg.Error):
+                self.drop(name)
+        if self._server is not None:
+            self._server.stop()
+
+
+def _npm_package(name: str, version: str) -> Path:
+    """Unpack an npm package into a scratch cache folder (never into the repository)."""
+    cache = Path(tempfile.gettempdir()) / "pgflow-py-npm-cache"
+    target = cache / f"{name.replace('/', '__').lstrip('@')}-{version}"
+    if (target / "package" / "package.json").is_file():
+        return target / "package"
+    npm = shutil.which("npm")
+    if npm is None:
+        raise TemplateUnavailable(f"npm is not installed, so {name}@{version} cannot be fetched")
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=cache))
+    result = subprocess.run(
+        [npm, "pack", f"{name}@{version}", "--silent"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    tarballs = list(work.glob("*.tgz"))
+    if result.returncode != 0 or not tarballs:
+        raise TemplateUnavailable(
+            f"npm pack {name}@{version} failed: {(result.stderr or result.stdout).strip()[-300:]}"
+        )
+    with tarfile.open(tarballs[0]) as tar:
+        tar.extractall(work, filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    (work / "package").rename(target / "package")
+    shutil.rmtree(work, ignore_errors=True)
+    return target / "package"
+
+
+def official_migrations() -> list[Path]:
+    package = _npm_package("@pgflow/core", OFFICIAL_VERSION)
+    files = sorted((package / "dist" / "supabase" / "migrations").glob("*.sql"))
+    if not files:
+        raise TemplateUnavailable(f"@pgflow/core@{OFFICIAL_VERSION} holds no migrations")
+    return files
+
+
+def _install_official(url: str) -> None:
+    files = official_migrations()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if ensure_pgmq(conn) != "extension":
+            raise TemplateUnavailable(
+                "the official pgflow SQL needs pgmq as a real extension, and this server has "
+                "none (run the tests as root or against a server with pgmq installed)"
+            )
+        conn.execute(realtime_compat_sql().encode())
+        for path in files:
+            with conn.transaction():
+                conn.execute(path.read_bytes())

@@ -1,0 +1,139 @@
+"""What a step handler gets besides its input: where it is, how to reach the database, when
+to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from ._settings import WorkerSettings
+from ._sql_client import PgflowSqlClient, StepTask
+
+__all__ = ["FlowInputCache", "StepContext"]
+
+
+class FlowInputCache:
+    """Flow inputs per run, loaded once; concurrent requests for one run share one query."""
+
+    def __init__(self, client: PgflowSqlClient, max_runs: int = 1024) -> None:
+        self._client = client
+        self._max_runs = max_runs
+        self._values: dict[uuid.UUID, Any] = {}
+        self._pending: dict[uuid.UUID, asyncio.Future[Any]] = {}
+
+    def remember(self, run_id: uuid.UUID, value: Any) -> None:
+        if run_id not in self._values and len(self._values) >= self._max_runs:
+            self._values.pop(next(iter(self._values)))
+        self._values[run_id] = value
+
+    def peek(self, run_id: uuid.UUID) -> tuple[bool, Any]:
+        if run_id in self._values:
+            return True, self._values[run_id]
+        return False, None
+
+    async def get(self, run_id: uuid.UUID) -> Any:
+        found, value = self.peek(run_id)
+        if found:
+            return value
+        pending = self._pending.get(run_id)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._pending[run_id] = pending
+            try:
+                value = await self._client.load_flow_input(run_id)
+            except asyncio.CancelledError:
+                pending.cancel()
+                raise
+            except BaseException as exc:
+                pending.set_exception(exc)
+                pending.exception()  # mark retrieved: the caller re-raises it below
+                raise
+            else:
+                self.remember(run_id, value)
+                pending.set_result(value)
+            finally:
+                self._pending.pop(run_id, None)
+            return value
+        return await asyncio.shield(pending)
+
+
+@dataclass(eq=False)
+class StepContext:
+    """The second argument of a handler.
+
+    ``flow_input`` is the run's input (loaded on first use and cached per run): sync handlers
+    read the property; async handlers ``await ctx.get_flow_input()``. ``shutdown`` is set when
+    the worker begins a graceful stop, so long handlers can wind down early.
+    """
+
+    task: StepTask
+    raw_message: dict[str, Any]
+    settings: WorkerSettings
+    shutdown: asyncio.Event
+    logger: logging.LoggerAdapter[logging.Logger]
+    _pool: AsyncConnectionPool[AsyncConnection[Any]]
+    _inputs: FlowInputCache
+    _loop: asyncio.AbstractEventLoop
+    _shutdown_flag: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def run_id(self) -> uuid.UUID:
+        return self.task.run_id
+
+    @property
+    def flow_slug(self) -> str:
+        return self.task.flow_slug
+
+    @property
+    def step_slug(self) -> str:
+        return self.task.step_slug
+
+    @property
+    def task_index(self) -> int:
+        return self.task.task_index
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first attempt, 2 on the first retry, and so on."""
+        return self.task.attempt
+
+    @property
+    def shutdown_requested(self) -> bool:
+        """True once the worker is stopping (safe to read from any thread)."""
+        return self._shutdown_flag.is_set()
+
+    async def get_flow_input(self) -> Any:
+        """The run's input, from the task itself when the SQL supplied it, else loaded once."""
+        return await self._inputs.get(self.task.run_id)
+
+    @property
+    def flow_input(self) -> Any:
+        """The run's input, for sync handlers (blocks this worker thread until loaded)."""
+        found, value = self._inputs.peek(self.task.run_id)
+        if found:
+            return value
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError(
+                f"step {self.step_slug!r}: in an async handler use 'await ctx.get_flow_input()' "
+                "(reading ctx.flow_input would block the event loop)"
+            )
+        return asyncio.run_coroutine_threadsafe(self.get_flow_input(), self._loop).result()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """Borrow a connection from the worker's pool for the duration of the block."""
+        async with self._pool.connection() as conn:
+            yield conn

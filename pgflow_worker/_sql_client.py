@@ -1,0 +1,215 @@
+"""The worker's side of the SQL protocol: read messages, start tasks, report results.
+
+It speaks to pgflow-py's SQL core and to the official pgflow SQL alike. The official 0.8.1
+SQL hands non-map tasks ``{"run": <flow input>, <dep>: <output>}`` and has no ``flow_input``
+column; :class:`StepTask` hides that difference from the rest of the worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["Message", "PgflowSqlClient", "StepTask", "configure_connection"]
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+async def configure_connection(conn: AsyncConnection[Any]) -> None:
+    """Fast JSON for every pooled connection."""
+    set_json_dumps(_dumps, conn)
+    set_json_loads(orjson.loads, conn)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A pgmq message as read from the flow's queue."""
+
+    msg_id: int
+    read_ct: int
+    enqueued_at: Any
+    vt: Any
+    message: dict[str, Any]
+    headers: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "msg_id": self.msg_id,
+            "read_ct": self.read_ct,
+            "enqueued_at": self.enqueued_at,
+            "vt": self.vt,
+            "message": self.message,
+            "headers": self.headers,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StepTask:
+    """One claimed task, as ``start_tasks`` returned it, with the input already normalised.
+
+    ``input`` is what pgflow 0.12+ hands a handler: the element for map steps, the
+    ``{dep: output}`` object for dependent steps, ``{}`` for root single steps (which get
+    ``flow_input`` instead). ``flow_input`` is None when the SQL did not supply it.
+    """
+
+    flow_slug: str
+    run_id: uuid.UUID
+    step_slug: str
+    task_index: int
+    msg_id: int
+    input: Any
+    flow_input: Any
+    has_flow_input: bool
+    attempt: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.run_id}/{self.step_slug}[{self.task_index}]"
+
+
+class PgflowSqlClient:
+    """Typed calls to the pgflow functions a worker needs, over a connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+        self._pool = pool
+        self._legacy_input: bool | None = None
+        self._has_stopped_at = True
+
+    @property
+    def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        return self._pool
+
+    async def detect_flavour(self) -> bool:
+        """True when the SQL is the older one that wraps inputs in ``{"run": ...}``."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select exists ("
+                " select 1 from pg_attribute a"
+                " join pg_type t on t.typrelid = a.attrelid"
+                " where t.oid = to_regtype('pgflow.step_task_record')"
+                " and a.attname = 'flow_input' and not a.attisdropped)"
+            )
+            row = await cur.fetchone()
+            cur = await conn.execute(
+                "select exists (select 1 from pg_attribute"
+                " where attrelid = to_regclass('pgflow.workers')"
+                " and attname = 'stopped_at' and not attisdropped)"
+            )
+            stopped = await cur.fetchone()
+        self._legacy_input = not (row and row[0])
+        self._has_stopped_at = bool(stopped and stopped[0])
+        return self._legacy_input
+
+    async def register_worker(self, worker_id: uuid.UUID, queue: str, function_name: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "insert into pgflow.workers (worker_id, queue_name, function_name)"
+                " values (%s, %s, %s)"
+                " on conflict (worker_id) do update set last_heartbeat_at = now()",
+                (worker_id, queue, function_name),
+            )
+
+    async def heartbeat(self, worker_id: uuid.UUID) -> bool:
+        """Record that the worker is alive; True when an operator has deprecated it."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "update pgflow.workers set last_heartbeat_at = clock_timestamp()"
+                " where worker_id = %s returning deprecated_at is not null",
+                (worker_id,),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def mark_stopped(self, worker_id: uuid.UUID) -> None:
+        """Record a clean stop (older SQL without ``workers.stopped_at`` has nowhere to)."""
+        if not self._has_stopped_at:
+            return
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "update pgflow.workers set stopped_at = clock_timestamp() where worker_id = %s",
+                (worker_id,),
+            )
+
+    async def read_messages(
+        self, queue: str, visibility_timeout: int, qty: int, max_poll_seconds: int, poll_ms: int
+    ) -> list[Message]:
+        """Phase one: reserve up to ``qty`` messages, polling server-side for a while."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select msg_id, read_ct, enqueued_at, vt, message, headers"
+                " from pgmq.read_with_poll(%s, %s, %s, %s, %s)",
+                (queue, visibility_timeout, qty, max_poll_seconds, poll_ms),
+            )
+            rows = await cur.fetchall()
+        return [Message(*row) for row in rows]
+
+    async def start_tasks(
+        self, flow_slug: str, msg_ids: Sequence[int], worker_id: uuid.UUID
+    ) -> list[StepTask]:
+        """Phase two: claim the tasks behind the messages; messages without one are skipped."""
+        if self._legacy_input is None:
+            await self.detect_flavour()
+        async with self._pool.connection() as conn, conn.pipeline():
+            started = await conn.execute(
+                "select to_jsonb(t) from pgflow.start_tasks(%s, %s::bigint[], %s) t",
+                (flow_slug, list(msg_ids), worker_id),
+            )
+            attempts = await conn.execute(
+                "select message_id, attempts_count from pgflow.step_tasks"
+                " where flow_slug = %s and message_id = any(%s::bigint[])",
+                (flow_slug, list(msg_ids)),
+            )
+            records = [row[0] for row in await started.fetchall()]
+            attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
+        return [self._to_task(r, attempt_by_msg.get(r["msg_id"], 1)) for r in records]
+
+    def _to_task(self, record: dict[str, Any], attempt: int) -> StepTask:
+        raw_input = record["input"]
+        flow_input = record.get("flow_input")
+        has_flow_input = "flow_input" in record and flow_input is not None
+        if self._legacy_input and isinstance(raw_input, dict) and "run" in raw_input:
+            flow_input = raw_input["run"]
+            has_flow_input = True
+            raw_input = {k: v for k, v in raw_input.items() if k != "run"}
+        return StepTask(
+            flow_slug=record["flow_slug"],
+            run_id=uuid.UUID(str(record["run_id"])),
+            step_slug=record["step_slug"],
+            task_index=int(record["task_index"]),
+            msg_id=int(record["msg_id"]),
+            input=raw_input,
+            flow_input=flow_input,
+            has_flow_input=has_flow_input,
+            attempt=attempt,
+        )
+
+    async def complete_task(self, task: StepTask, output: Any) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "select 1 from pgflow.complete_task(%s, %s, %s, %s)",
+                (task.run_id, task.step_slug, task.task_index, Jsonb(output)),
+            )
+
+    async def fail_task(self, task: StepTask, error_message: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "select 1 from pgflow.fail_task(%s, %s, %s, %s)",
+                (task.run_id, task.step_slug, task.task_index, error_message),
+            )
+
+    async def load_flow_input(self, run_id: uuid.UUID) -> Any:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("select input from pgflow.runs where run_id = %s", (run_id,))
+            row = await cur.fetchone()
+        if row is None:
+            raise LookupError(f"run {run_id} does not exist")
+        return row[0]

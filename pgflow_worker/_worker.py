@@ -1,0 +1,442 @@
+"""FlowWorker: polls a flow's queue, runs step handlers with bounded concurrency, reports back.
+
+The loop follows pgflow's Edge Worker: register a row in ``pgflow.workers`` and heartbeat it;
+read messages (``pgmq.read_with_poll``), claim their tasks (``pgflow.start_tasks``), run the
+handlers, then ``complete_task`` or ``fail_task``. Retries, backoff and run state live in SQL;
+the worker only executes. It polls again as soon as a slot frees up instead of waiting for
+the whole batch, and it enforces each step's ``timeout`` on the handler itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Self
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from ._context import FlowInputCache, StepContext
+from ._flow import Flow, StepDefinition
+from ._settings import WorkerSettings
+from ._shape import ensure_flow
+from ._sql_client import Message, PgflowSqlClient, StepTask, configure_connection
+from .errors import WorkerError
+
+__all__ = ["FlowWorker", "run_worker"]
+
+log = logging.getLogger("pgflow.worker")
+
+_DEFAULT_TIMEOUT = 60  # create_flow's default when a flow sets none
+_REPORT_RETRY_SECONDS = 30.0
+
+
+class _TaskLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every record with the run, step and task it concerns, and attaches them as
+    ``extra`` fields for structured handlers."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"[run {extra['run_id']} {extra['step_slug']}[{extra['task_index']}]] {msg}", kwargs
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class FlowWorker:
+    """Runs one flow's step handlers against a pgflow database.
+
+    Use ``await worker.run()`` (returns after a graceful stop: SIGTERM/SIGINT, :meth:`stop`,
+    or deprecation of the worker's row), or ``async with worker:`` to run it in the background.
+    """
+
+    def __init__(
+        self,
+        flow: Flow,
+        dsn: str,
+        *,
+        settings: WorkerSettings | None = None,
+        worker_id: uuid.UUID | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is not None and overrides:
+            raise WorkerError("pass either settings=WorkerSettings(...) or keyword settings")
+        self.flow = flow
+        self.dsn = dsn
+        self.settings = settings or WorkerSettings(**overrides)
+        self.worker_id = worker_id or uuid.uuid4()
+        self._stopping = asyncio.Event()
+        self._shutdown = asyncio.Event()
+        self._shutdown_flag = threading.Event()
+        self._started = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self._runner: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._client: PgflowSqlClient | None = None
+        self.completed = 0
+        self.failed = 0
+
+    # -- public control -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no more polling; in-flight handlers may finish."""
+        self._stopping.set()
+
+    async def wait_started(self) -> None:
+        """Wait until the worker is registered and polling."""
+        await self._started.wait()
+
+    async def __aenter__(self) -> Self:
+        self._runner = asyncio.create_task(self.run(install_signal_handlers=False))
+        started = asyncio.create_task(self._started.wait())
+        done, _ = await asyncio.wait({self._runner, started}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            started.cancel()
+            self._runner.result()  # raises what stopped it
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._runner is not None:
+            await self._runner
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Register, poll and execute until asked to stop; then drain and mark the row stopped."""
+        loop = asyncio.get_running_loop()
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=self.settings.max_pg_connections,
+            kwargs={"autocommit": True},
+            configure=configure_connection,
+            open=False,
+            name=f"pgflow-worker-{self.flow.slug}",
+        )
+        try:
+            await pool.open(wait=True, timeout=30)
+        except Exception as exc:
+            await pool.close()
+            raise WorkerError(f"worker for flow {self.flow.slug!r} cannot connect: {exc}") from exc
+        client = self._client = PgflowSqlClient(pool)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.settings.max_concurrent + 2,
+            thread_name_prefix=f"pgflow-{self.flow.slug}",
+        )
+        inputs = FlowInputCache(client)
+        removers: list[Callable[[], None]] = []
+        try:
+            await self._prepare(client)
+            if install_signal_handlers:
+                removers = self._install_signal_handlers(loop)
+            log.info(
+                "worker %s started for flow %r (max_concurrent=%s)",
+                self.worker_id,
+                self.flow.slug,
+                self.settings.max_concurrent,
+            )
+            self._started.set()
+            heartbeat = asyncio.create_task(self._heartbeat(client))
+            try:
+                await self._poll(client, pool, inputs, loop)
+            finally:
+                await self._drain()
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+                with contextlib.suppress(psycopg.Error):
+                    await client.mark_stopped(self.worker_id)
+                log.info(
+                    "worker %s stopped (%s completed, %s failed)",
+                    self.worker_id,
+                    self.completed,
+                    self.failed,
+                )
+        finally:
+            for remove in removers:
+                remove()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            await pool.close()
+
+    async def _prepare(self, client: PgflowSqlClient) -> None:
+        async with client.pool.connection() as conn:
+            result = await ensure_flow(conn, self.flow, recompile=self.settings.recompile)
+        log.info("flow %r: %s", self.flow.slug, result.status)
+        await client.detect_flavour()
+        await client.register_worker(self.worker_id, self.flow.slug, self.settings.function_name)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[Callable[[], None]]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        removers: list[Callable[[], None]] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self._stopping.is_set():
+                log.warning("second %s: cancelling in-flight handlers now", sig.name)
+                for task in list(self._in_flight):
+                    task.cancel()
+            else:
+                log.info("%s received: stopping after in-flight tasks finish", sig.name)
+                self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+            except (NotImplementedError, RuntimeError):
+                continue
+            removers.append(functools.partial(_remove_signal_handler, loop, sig))
+        return removers
+
+    async def _heartbeat(self, client: PgflowSqlClient) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                deprecated = await client.heartbeat(self.worker_id)
+            except psycopg.Error as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            if deprecated:
+                log.info("worker %s was deprecated: stopping", self.worker_id)
+                self.stop()
+                return
+
+    async def _poll(
+        self,
+        client: PgflowSqlClient,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        inputs: FlowInputCache,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        settings = self.settings
+        backoff = 0.0
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                await self._slots.acquire()
+                free = 1
+                while free < settings.batch_size and not self._slots.locked():
+                    await self._slots.acquire()
+                    free += 1
+                poll = asyncio.create_task(
+                    self._read_and_start(client, free, settings.max_poll_seconds)
+                )
+                done, _ = await asyncio.wait({poll, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if poll not in done:
+                    poll.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                        await poll
+                    self._release(free)
+                    break
+                try:
+                    claimed = poll.result()
+                except (psycopg.Error, OSError) as exc:
+                    self._release(free)
+                    backoff = min(max(backoff * 2, 0.5), 10.0)
+                    log.warning("poll failed (%s); retrying in %.1fs", exc, backoff)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                    continue
+                backoff = 0.0
+                self._release(free - len(claimed))
+                for message, task in claimed:
+                    ctx = self._context(task, message, pool, inputs, loop)
+                    runner = asyncio.create_task(self._execute(client, task, ctx))
+                    self._in_flight.add(runner)
+                    runner.add_done_callback(self._finished)
+        finally:
+            stop_wait.cancel()
+
+    async def _read_and_start(
+        self, client: PgflowSqlClient, qty: int, max_poll_seconds: int
+    ) -> list[tuple[Message, StepTask]]:
+        s = self.settings
+        messages = await client.read_messages(
+            self.flow.slug, s.visibility_timeout, qty, max_poll_seconds, s.poll_interval_ms
+        )
+        if not messages:
+            return []
+        tasks = await client.start_tasks(
+            self.flow.slug, [m.msg_id for m in messages], self.worker_id
+        )
+        by_id = {m.msg_id: m for m in messages}
+        return [(by_id[t.msg_id], t) for t in tasks]
+
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+
+    def _context(
+        self,
+        task: StepTask,
+        message: Message,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        inputs: FlowInputCache,
+        loop: asyncio.AbstractEventLoop,
+    ) -> StepContext:
+        if task.has_flow_input:
+            inputs.remember(task.run_id, task.flow_input)
+        logger = _TaskLogger(
+            log,
+            {
+                "run_id": str(task.run_id),
+                "flow_slug": task.flow_slug,
+                "step_slug": task.step_slug,
+                "task_index": task.task_index,
+                "worker_id": str(self.worker_id),
+            },
+        )
+        return StepContext(
+            task=task,
+            raw_message=message.as_dict(),
+            settings=self.settings,
+            shutdown=self._shutdown,
+            logger=logger,
+            _pool=pool,
+            _inputs=inputs,
+            _loop=loop,
+            _shutdown_flag=self._shutdown_flag,
+        )
+
+    # -- executing one task -------------------------------------------------------------------
+
+    def _timeout_of(self, step: StepDefinition) -> float | None:
+        if not self.settings.enforce_timeouts:
+            return None
+        return float(step.options.timeout or self.flow.options.timeout or _DEFAULT_TIMEOUT)
+
+    async def _execute(self, client: PgflowSqlClient, task: StepTask, ctx: StepContext) -> None:
+        logger = ctx.logger
+        try:
+            step = self.flow.get_step(task.step_slug)
+        except Exception as exc:
+            await self._report(
+                client.fail_task,
+                task,
+                f"WorkerError: this worker's flow {self.flow.slug!r} has no step "
+                f"{task.step_slug!r} ({exc})",
+                logger,
+            )
+            self.failed += 1
+            return
+        logger.debug("starting attempt %s", task.attempt)
+        try:
+            output = await self._invoke(step, task, ctx)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                logger.warning("cancelled during shutdown; the task will be retried")
+                raise
+            error = "CancelledError: the handler was cancelled"
+            logger.warning("attempt %s failed: %s", task.attempt, error)
+        except BaseException as exc:  # any handler failure, SystemExit included, fails the task
+            error = _describe(exc)
+            logger.warning("attempt %s failed: %s", task.attempt, error, exc_info=exc)
+        else:
+            if await self._report(client.complete_task, task, output, logger):
+                self.completed += 1
+                logger.debug("completed")
+            return
+        self.failed += 1
+        await self._report(client.fail_task, task, error, logger)
+
+    async def _invoke(self, step: StepDefinition, task: StepTask, ctx: StepContext) -> Any:
+        if step.is_map:
+            raw = task.input
+        elif step.is_root:
+            raw = task.flow_input if task.has_flow_input else await ctx.get_flow_input()
+        else:
+            raw = task.input
+        value = step.prepare_input(raw)
+        args: tuple[Any, ...] = (value, ctx) if step.wants_context else (value,)
+        timeout = self._timeout_of(step)
+        try:
+            if step.is_async:
+                async with asyncio.timeout(timeout):
+                    result = await step.handler(*args)
+            else:
+                assert self._executor is not None
+                call = functools.partial(step.handler, *args)
+                future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+                result = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            raise TimeoutError(
+                f"step {step.slug!r} of flow {self.flow.slug!r} timed out after {timeout:g} s"
+            ) from exc
+        return step.serialize_output(result)
+
+    async def _report(
+        self,
+        call: Callable[[StepTask, Any], Awaitable[None]],
+        task: StepTask,
+        value: Any,
+        logger: logging.LoggerAdapter[logging.Logger],
+    ) -> bool:
+        """Send a result, retrying through connection errors for a while; True when accepted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _REPORT_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                await call(task, value)
+                return True
+            except psycopg.OperationalError as exc:
+                if loop.time() + delay > deadline:
+                    logger.error("could not report the result, giving up: %s", exc)
+                    return False
+                logger.warning("reporting the result failed (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except psycopg.Error as exc:
+                logger.warning("the database refused the result: %s", exc)
+                return False
+
+    async def _drain(self) -> None:
+        self._shutdown.set()
+        self._shutdown_flag.set()
+        if not self._in_flight:
+            return
+        log.info(
+            "waiting up to %ss for %s in-flight task(s)",
+            self.settings.shutdown_timeout,
+            len(self._in_flight),
+        )
+        _, pending = await asyncio.wait(
+            set(self._in_flight), timeout=self.settings.shutdown_timeout
+        )
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.warning(
+                "%s task(s) did not finish in time; they will be retried after their timeout",
+                len(pending),
+            )
+
+
+def _remove_signal_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+    loop.remove_signal_handler(sig)
+
+
+def run_worker(flow: Flow, dsn: str, **settings: Any) -> None:
+    """Run a worker in the foreground until SIGTERM/SIGINT (for scripts and the CLI)."""
+    asyncio.run(FlowWorker(flow, dsn, **settings).run())

@@ -1,25 +1,69 @@
-"""pgflow-py worker: define flows in Python, compile them to pgflow SQL, and run their steps."""
+"""pgflow-py worker: define flows in Python, compile them to pgflow SQL, and run their steps.
 
+::
+
+    from pgflow_worker import Flow, FlowWorker
+
+    flow = Flow("greet_user")
+
+    @flow.step
+    def full_name(input, ctx):
+        return f"{input['first_name']} {input['last_name']}"
+
+    @flow.step(depends_on=[full_name])
+    async def greeting(input):
+        return f"Hello, {input['full_name']}!"
+
+    await FlowWorker(flow, "postgresql://...").run()
+"""
+
+from ._compiler import compile_flow, migration_filename, render_migration
+from ._context import StepContext
 from ._database import LocalPostgres, MigrationReport, migrate
+from ._flow import Flow, FlowOptions, StepDefinition, StepOptions, StepRef
+from ._settings import WorkerSettings
+from ._shape import EnsureResult, FlowShape, compare_flow_shapes, ensure_flow, flow_shape
+from ._worker import FlowWorker, run_worker
 from .errors import (
     DatabaseSetupError,
     FlowDefinitionError,
     FlowShapeMismatch,
+    HandlerInputError,
     HandlerOutputError,
     MigrationError,
     PgflowError,
+    StepNotFound,
     WorkerError,
 )
 
 __all__ = [
     "DatabaseSetupError",
+    "EnsureResult",
+    "Flow",
     "FlowDefinitionError",
+    "FlowOptions",
+    "FlowShape",
     "FlowShapeMismatch",
+    "FlowWorker",
+    "HandlerInputError",
     "HandlerOutputError",
     "LocalPostgres",
     "MigrationError",
     "MigrationReport",
     "PgflowError",
+    "StepContext",
+    "StepDefinition",
+    "StepNotFound",
+    "StepOptions",
+    "StepRef",
     "WorkerError",
+    "WorkerSettings",
+    "compare_flow_shapes",
+    "compile_flow",
+    "ensure_flow",
+    "flow_shape",
     "migrate",
+    "migration_filename",
+    "render_migration",
+    "run_worker",
 ]

@@ -8,12 +8,14 @@ __all__ = [
     "DatabaseSetupError",
     "FlowDefinitionError",
     "FlowShapeMismatch",
+    "HandlerInputError",
     "HandlerOutputError",
     "MigrationError",
     "PgflowError",
     "PgmqUnavailable",
     "PostgresNotFound",
     "PostgresStartError",
+    "StepNotFound",
     "WorkerError",
 ]
 
@@ -74,3 +76,25 @@ class PgmqUnavailable(DatabaseSetupError):
 
 class MigrationError(DatabaseSetupError):
     """A migration could not be applied, or the database holds an unknown pgflow schema."""
+
+
+class StepNotFound(PgflowError, KeyError):
+    """A flow was asked for a step it does not define."""
+
+    def __init__(self, flow_slug: str, step_slug: str) -> None:
+        super().__init__(f"flow {flow_slug!r} has no step {step_slug!r}")
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug
+
+    def __str__(self) -> str:
+        # KeyError would show the message in quotes; show it as written.
+        return str(self.args[0])
+
+
+class HandlerInputError(PgflowError, ValueError):
+    """A step's input does not match the pydantic model its handler is annotated with."""
+
+    def __init__(self, message: str, *, flow_slug: str, step_slug: str) -> None:
+        super().__init__(message)
+        self.flow_slug = flow_slug
+        self.step_slug = step_slug

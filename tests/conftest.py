@@ -10,6 +10,8 @@ import pytest
 
 from tests._stack import Stack, TemplateUnavailable
 
+pytest_plugins = ["tests.supabase_standin.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:

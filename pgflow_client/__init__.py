@@ -1,6 +1,7 @@
 """pgflow-py client: start flows and watch their runs live."""
 
 from ._callbacks import Unsubscribe
+from ._client import PgflowClient
 from ._events import (
     FlowEvent,
     FlowRunEvent,
@@ -17,23 +18,35 @@ from ._run import FlowRun
 from ._status import FlowRunStatus, FlowStepStatus, SkipReason
 from ._step import FlowStep
 from .errors import (
+    ClientClosed,
+    FlowNotFound,
+    InvalidFlowInput,
     InvalidRunData,
     PgflowClientError,
+    RpcError,
+    RunAlreadyExists,
     StatusUnreachable,
+    SubscriptionError,
     TransportError,
     WaitCancelled,
     WaitTimeout,
 )
 
 __all__ = [
+    "ClientClosed",
     "FlowEvent",
+    "FlowNotFound",
     "FlowRun",
     "FlowRunEvent",
     "FlowRunStatus",
     "FlowStep",
     "FlowStepStatus",
+    "InvalidFlowInput",
     "InvalidRunData",
+    "PgflowClient",
     "PgflowClientError",
+    "RpcError",
+    "RunAlreadyExists",
     "RunCompletedEvent",
     "RunFailedEvent",
     "RunStartedEvent",
@@ -44,6 +57,7 @@ __all__ = [
     "StepFailedEvent",
     "StepSkippedEvent",
     "StepStartedEvent",
+    "SubscriptionError",
     "TransportError",
     "Unsubscribe",
     "WaitCancelled",

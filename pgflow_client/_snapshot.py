@@ -69,6 +69,7 @@ class StepStateRow(BaseModel):
     skip_reason: SkipReason | None = None
     remaining_tasks: int | None = None
     remaining_deps: int | None = None
+    initial_tasks: int | None = None
     started_at: Timestamp | None = None
     completed_at: Timestamp | None = None
     failed_at: Timestamp | None = None

@@ -60,6 +60,7 @@ class FlowStep(Tracked[FlowStepStatus]):
             error_message=error_message,
         )
         self._slug = step_slug
+        self._through_started = started_at is not None
         self._output = output
         self._completed_at = completed_at
         self._failed_at = failed_at
@@ -163,6 +164,9 @@ class FlowStep(Tracked[FlowStepStatus]):
     def _step_slug(self) -> str | None:
         return self._slug
 
+    def _passed_started(self) -> bool:
+        return self._through_started
+
     def _listener_count(self) -> int:
         return len(self._callbacks) + len(self._watchers)
 
@@ -175,6 +179,7 @@ class FlowStep(Tracked[FlowStepStatus]):
         self._status = event.status
         if isinstance(event, StepStartedEvent):
             self._started_at = event.started_at
+            self._through_started = True
         elif isinstance(event, StepCompletedEvent):
             self._completed_at = event.completed_at
             self._output = event.output
@@ -202,6 +207,11 @@ class FlowStep(Tracked[FlowStepStatus]):
         if row.status.rank <= self._status.rank:
             # Passing through 'started' is a fact later transitions never change.
             self._started_at = self._started_at or row.started_at
+        if row.status is FlowStepStatus.STARTED or (
+            row.started_at is not None and row.initial_tasks != 0
+        ):
+            # A step completed without tasks (an empty map) has a started_at but never ran.
+            self._through_started = True
         if self._status is row.status:
             self._completed_at = self._completed_at or row.completed_at
             self._failed_at = self._failed_at or row.failed_at

@@ -77,7 +77,10 @@ class Tracked(Generic[StatusT]):
         if self._status is target or target.rank == 0:
             return True
         # 'started' counts as reached once passed through, not only while current.
-        return target.value == "started" and self._started_at is not None
+        return target.value == "started" and self._passed_started()
+
+    def _passed_started(self) -> bool:
+        return self._started_at is not None
 
     def _wait_blocker(self, target: StatusT) -> PgflowClientError | None:
         """Why waiting for ``target`` is pointless now, or ``None`` while it may still come."""

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 __all__ = [
+    "ClientClosed",
+    "FlowNotFound",
+    "InvalidFlowInput",
     "InvalidRunData",
     "PgflowClientError",
+    "RpcError",
+    "RunAlreadyExists",
     "StatusUnreachable",
+    "SubscriptionError",
     "TransportError",
     "WaitCancelled",
     "WaitTimeout",
@@ -64,3 +70,42 @@ class InvalidRunData(PgflowClientError, ValueError):
 
 class TransportError(PgflowClientError):
     """Base class for failures talking to the server (RPC calls, realtime subscriptions)."""
+
+
+class RpcError(TransportError):
+    """The server refused a call; ``code`` is the SQLSTATE (or PostgREST code) it gave."""
+
+    def __init__(
+        self, message: str, *, code: str | None = None, function: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.function = function
+
+
+class FlowNotFound(RpcError, LookupError):
+    """``start_flow`` named a flow that does not exist in the database."""
+
+    def __init__(self, message: str, *, flow_slug: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, function="start_flow_with_states")
+        self.flow_slug = flow_slug
+
+
+class InvalidFlowInput(RpcError, ValueError):
+    """The flow input was refused: not JSON, or not an array for a flow with a root map step."""
+
+    def __init__(self, message: str, *, flow_slug: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, function="start_flow_with_states")
+        self.flow_slug = flow_slug
+
+
+class RunAlreadyExists(RpcError):
+    """``start_flow`` was given a ``run_id`` that another run already has."""
+
+
+class SubscriptionError(TransportError):
+    """The realtime subscription for a run could not be established."""
+
+
+class ClientClosed(PgflowClientError):
+    """The client was closed; create a new one to keep working."""

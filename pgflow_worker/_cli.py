@@ -15,9 +15,10 @@ import psycopg
 import typer
 from rich.console import Console
 
+from pgflow_client._dsn import describe_dsn, redact, resolve_dsn
+
 from ._compiler import compile_flow, migration_filename, render_migration
 from ._database import migrate as run_migrations
-from ._dsn import describe_dsn, redact, resolve_dsn
 from ._flow import Flow
 from .errors import PgflowError
 
@@ -47,7 +48,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 def _dsn(db: str | None) -> str:
     try:
         return resolve_dsn(db)
-    except PgflowError as exc:
+    except ValueError as exc:
         _fail(str(exc), 2)
 
 

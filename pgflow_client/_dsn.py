@@ -7,8 +7,6 @@ import re
 
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import WorkerError
-
 __all__ = ["describe_dsn", "redact", "resolve_dsn"]
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]*)@", re.I)
@@ -39,7 +37,7 @@ def resolve_dsn(explicit: str | None) -> str:
     """The connection string from ``--db`` or ``DATABASE_URL``; a clear error when neither."""
     dsn = explicit or os.environ.get("DATABASE_URL")
     if not dsn:
-        raise WorkerError(
+        raise ValueError(
             "no database given: pass --db postgresql://user@host:5432/dbname or set DATABASE_URL"
         )
     return dsn

@@ -1,0 +1,237 @@
+"""PgflowClient: start flows and watch their runs, over Supabase or plain Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+from ._events import FlowEvent, canonical_run_id, parse_broadcast
+from ._postgres import PostgresTransport
+from ._run import FlowRun
+from ._supabase import SupabaseTransport
+from ._transport import Transport, TransportHooks, check_json
+from .errors import ClientClosed, InvalidRunData, PgflowClientError
+
+if TYPE_CHECKING:
+    from supabase import AsyncClient
+
+__all__ = ["PgflowClient"]
+
+log = logging.getLogger("pgflow.client")
+
+
+class PgflowClient:
+    """Starts flows and keeps :class:`FlowRun` objects up to date from their events.
+
+    ``PgflowClient(supabase_async_client)`` talks to Supabase (PostgREST RPCs and Realtime
+    broadcast); ``await PgflowClient.connect(dsn)`` talks to PostgreSQL directly (SQL calls
+    and LISTEN/NOTIFY). Both behave the same. Use ``async with client:`` (or ``aclose()``)
+    to release every subscription and connection.
+    """
+
+    def __init__(
+        self,
+        supabase: AsyncClient | None = None,
+        *,
+        subscribe_timeout: float = 20.0,
+        reconcile_after: Sequence[float] = (0.5, 2.0),
+        transport: Callable[[TransportHooks], Transport] | None = None,
+    ) -> None:
+        self._runs: dict[str, FlowRun] = {}
+        self._buffers: dict[str, list[FlowEvent]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        hooks = TransportHooks(deliver=self._deliver, resync=self._resync)
+        self._transport: Transport
+        if transport is not None:
+            self._transport = transport(hooks)
+        elif supabase is not None:
+            self._transport = SupabaseTransport(
+                supabase,
+                hooks,
+                subscribe_timeout=subscribe_timeout,
+                reconcile_after=reconcile_after,
+            )
+        else:
+            raise TypeError(
+                "PgflowClient needs a supabase AsyncClient; for plain PostgreSQL use "
+                "'await PgflowClient.connect(dsn)'"
+            )
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout: float = 30.0,
+    ) -> Self:
+        """A client over plain PostgreSQL (pgflow SQL plus pgflow-py's realtime stand-in)."""
+        opened: list[PostgresTransport] = []
+
+        def make(hooks: TransportHooks) -> PostgresTransport:
+            opened.append(PostgresTransport(dsn, hooks, pool_size=pool_size))
+            return opened[0]
+
+        client = cls(transport=make)
+        try:
+            await opened[0].open(timeout=connect_timeout)
+        except BaseException:
+            await opened[0].close()
+            raise
+        return client
+
+    # -- starting and finding runs ------------------------------------------------------------
+
+    async def start_flow(
+        self, flow_slug: str, input: Any, run_id: str | uuid.UUID | None = None
+    ) -> FlowRun:
+        """Start a run of ``flow_slug`` and return it, already subscribed and up to date.
+
+        The subscription is confirmed before the run starts, so no event is missed. On any
+        error (unknown flow, bad input, duplicate run id) nothing is left subscribed.
+        """
+        self._check_open()
+        check_json(flow_slug, input)
+        rid = canonical_run_id(run_id) if run_id is not None else str(uuid.uuid4())
+        if rid in self._runs:
+            raise PgflowClientError(f"run {rid} is already tracked by this client")
+        run = FlowRun(rid, flow_slug, input=input, on_dispose=self._released)
+        self._runs[rid] = run
+        try:
+            await self._transport.subscribe(rid)
+            snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
+            run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=False)
+        except BaseException:
+            self._runs.pop(rid, None)
+            run.dispose()
+            await self._transport.unsubscribe(rid)
+            raise
+        if not run.disposed:
+            self._transport.after_start(rid)
+        return run
+
+    async def get_run(self, run_id: str | uuid.UUID) -> FlowRun | None:
+        """The run with this id (from this client's cache, or fetched and subscribed), or None."""
+        self._check_open()
+        rid = canonical_run_id(run_id)
+        cached = self._runs.get(rid)
+        if cached is not None:
+            return cached
+        self._buffers[rid] = []
+        try:
+            await self._transport.subscribe(rid)
+            snapshot = await self._transport.get_run_with_states(rid)
+            if snapshot is None:
+                await self._transport.unsubscribe(rid)
+                return None
+            row = snapshot.get("run")
+            if not isinstance(row, dict) or not isinstance(row.get("flow_slug"), str):
+                raise InvalidRunData(f"run {rid}: the snapshot has no run row with a flow_slug")
+            run = FlowRun(rid, row["flow_slug"], on_dispose=self._released)
+            self._runs[rid] = run
+            run._apply_snapshot(row, snapshot.get("steps") or (), emit=False)
+            for event in self._buffers.get(rid, ()):
+                run._apply_event(event)
+        except BaseException:
+            stale = self._runs.pop(rid, None)
+            if stale is not None:
+                stale.dispose()
+            await self._transport.unsubscribe(rid)
+            raise
+        finally:
+            self._buffers.pop(rid, None)
+        return run
+
+    # -- releasing ----------------------------------------------------------------------------
+
+    def dispose(self, run_id: str | uuid.UUID) -> None:
+        """Stop watching one run: its callbacks are dropped and its subscription released."""
+        rid = canonical_run_id(run_id)
+        run = self._runs.pop(rid, None)
+        if run is not None:
+            run.dispose()
+
+    def dispose_all(self) -> None:
+        """Stop watching every run of this client."""
+        for rid in list(self._runs):
+            self.dispose(rid)
+
+    def _released(self, run: FlowRun) -> None:
+        """A run was disposed (by the caller or by itself): drop its subscription."""
+        if self._runs.get(run.run_id) is run:
+            del self._runs[run.run_id]
+        self._spawn(self._transport.unsubscribe(run.run_id))
+
+    async def aclose(self) -> None:
+        """Dispose every run and close the transport (idempotent)."""
+        if self._closed:
+            return
+        self.dispose_all()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        self._closed = True
+        await self._transport.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def runs(self) -> dict[str, FlowRun]:
+        """The runs this client currently watches, by id (a copy)."""
+        return dict(self._runs)
+
+    def subscriptions(self) -> frozenset[str]:
+        """Run ids the transport is subscribed to (for diagnostics and tests)."""
+        return self._transport.subscribed()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _deliver(self, run_id: str, event_name: str, payload: Any) -> None:
+        event = parse_broadcast(event_name, payload)
+        if event is None:
+            return
+        run = self._runs.get(event.run_id)
+        if run is not None:
+            run._apply_event(event)
+            return
+        buffer = self._buffers.get(event.run_id)
+        if buffer is not None:
+            buffer.append(event)
+
+    async def _resync(self, run_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is None or run.disposed:
+            return
+        try:
+            snapshot = await self._transport.get_run_with_states(run_id)
+        except PgflowClientError as exc:
+            log.warning("resync of run %s failed: %s", run_id, exc)
+            return
+        if snapshot is None or self._runs.get(run_id) is not run:
+            return
+        try:
+            run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=True)
+        except InvalidRunData as exc:
+            log.warning("resync of run %s ignored an invalid snapshot: %s", run_id, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("this pgflow client is closed")

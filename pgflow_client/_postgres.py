@@ -1,0 +1,256 @@
+"""The client over plain PostgreSQL: RPCs as SQL calls, events through LISTEN/NOTIFY.
+
+Every committed ``realtime.send`` inserts a row into ``realtime.messages``, whose trigger (from
+pgflow-py's realtime stand-in) NOTIFYs ``realtime_broadcast`` with the row's id and topic.
+One LISTEN connection serves every run of the client; the rows of the runs it watches are read
+by id, in batches, in notification (that is, commit) order. When the LISTEN connection is lost
+it reconnects with bounded backoff and asks the client to resync every watched run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from ._dsn import describe_dsn, redact
+from ._transport import TransportHooks, rpc_error
+from .errors import ClientClosed, TransportError
+
+__all__ = ["PostgresTransport"]
+
+log = logging.getLogger("pgflow.client")
+
+CHANNEL = "realtime_broadcast"
+_TOPIC_PREFIX = "pgflow:run:"
+
+
+class PostgresTransport:
+    """RPCs over a small connection pool, events over one LISTEN connection."""
+
+    def __init__(
+        self,
+        dsn: str,
+        hooks: TransportHooks,
+        *,
+        pool_size: int = 4,
+        reconnect_backoff: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        self._dsn = dsn
+        self._hooks = hooks
+        self._backoff = reconnect_backoff
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max(2, pool_size),
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+            name="pgflow-client",
+        )
+        self._topics: dict[str, str] = {}
+        self._inbox: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        self._listening = asyncio.Event()
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resyncs: set[asyncio.Future[None]] = set()
+
+    async def open(self, timeout: float = 30.0) -> None:
+        """Open the LISTEN connection and the pool; fails fast when the server is unreachable."""
+        try:
+            listener = await self._connect_listener()
+        except psycopg.OperationalError as exc:
+            raise TransportError(
+                f"cannot connect to {describe_dsn(self._dsn)}: {redact(str(exc)).strip()}"
+            ) from None
+        try:
+            await self._pool.open(wait=True, timeout=timeout)
+        except BaseException:
+            await listener.close()
+            raise
+        self._tasks = [
+            asyncio.create_task(self._listen(listener), name="pgflow-client-listen"),
+            asyncio.create_task(self._dispatch(), name="pgflow-client-dispatch"),
+        ]
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    async def subscribe(self, run_id: str) -> None:
+        self._check_open()
+        self._topics[_TOPIC_PREFIX + run_id] = run_id
+        # The LISTEN is shared and already active; wait only if it is being re-established.
+        await self._listening.wait()
+
+    async def unsubscribe(self, run_id: str) -> None:
+        self._topics.pop(_TOPIC_PREFIX + run_id, None)
+
+    def subscribed(self) -> frozenset[str]:
+        return frozenset(self._topics.values())
+
+    def after_start(self, run_id: str) -> None:
+        """Nothing to reconcile: LISTEN was active before the run's transaction committed."""
+
+    # -- RPCs ---------------------------------------------------------------------------------
+
+    async def start_flow_with_states(
+        self, flow_slug: str, input: Any, run_id: str
+    ) -> dict[str, Any]:
+        self._check_open()
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    "select pgflow.start_flow_with_states(%s, %s, %s::uuid)",
+                    (flow_slug, Jsonb(input), run_id),
+                )
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise self._error("start_flow_with_states", exc, flow_slug) from None
+        if row is None or not isinstance(row[0], dict):
+            raise TransportError(f"start_flow_with_states returned no run for flow {flow_slug!r}")
+        return row[0]
+
+    async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
+        self._check_open()
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute("select pgflow.get_run_with_states(%s::uuid)", (run_id,))
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise self._error("get_run_with_states", exc, None) from None
+        return None if row is None or row[0] is None else row[0]
+
+    @staticmethod
+    def _error(function: str, exc: psycopg.Error, flow_slug: str | None) -> TransportError:
+        diag = exc.diag
+        message = diag.message_primary or str(exc)
+        if isinstance(exc, psycopg.OperationalError):
+            return TransportError(f"{function} failed: the database connection failed: {exc}")
+        return rpc_error(function, exc.sqlstate, message, flow_slug=flow_slug)
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def _connect_listener(self) -> AsyncConnection[Any]:
+        conn = await AsyncConnection.connect(self._dsn, autocommit=True)
+        await conn.execute(f"listen {CHANNEL}")
+        self._listening.set()
+        return conn
+
+    async def _listen(self, conn: AsyncConnection[Any]) -> None:
+        delay = self._backoff[0]
+        while not self._closed:
+            try:
+                async for note in conn.notifies():
+                    self._on_notify(note.payload)
+            except (psycopg.Error, OSError) as exc:
+                if self._closed:
+                    return
+                log.warning("lost the LISTEN connection (%s); reconnecting", exc)
+            finally:
+                self._listening.clear()
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            while not self._closed:
+                try:
+                    conn = await self._connect_listener()
+                except (psycopg.OperationalError, OSError) as exc:
+                    log.info("LISTEN reconnect failed (%s); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._backoff[1])
+                    continue
+                delay = self._backoff[0]
+                log.info("LISTEN connection restored; resyncing %d run(s)", len(self._topics))
+                for run_id in list(self._topics.values()):
+                    self._spawn_resync(run_id)
+                break
+
+    def _on_notify(self, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            message_id, topic = str(data["id"]), str(data["topic"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed %s notification: %.200r", CHANNEL, payload)
+            return
+        if topic in self._topics:
+            self._inbox.put_nowait((message_id, topic))
+
+    async def _dispatch(self) -> None:
+        while True:
+            first = await self._inbox.get()
+            if first is None:
+                return  # closing
+            batch = [first]
+            while not self._inbox.empty():
+                item = self._inbox.get_nowait()
+                if item is None:
+                    return
+                batch.append(item)
+            try:
+                rows = await self._fetch([message_id for message_id, _ in batch])
+            except (psycopg.Error, OSError) as exc:
+                if self._closed:
+                    return  # a cancelled query surfaces as QueryCanceled, not CancelledError
+                log.warning("could not read %d event(s): %s; resyncing their runs", len(batch), exc)
+                for run_id in {self._topics.get(topic) for _, topic in batch} - {None}:
+                    assert run_id is not None
+                    self._spawn_resync(run_id)
+                continue
+            if self._closed:
+                return
+            for message_id, topic in batch:
+                run_id = self._topics.get(topic)
+                found = rows.get(message_id)
+                if run_id is None or found is None:
+                    continue
+                event, payload = found
+                try:
+                    self._hooks.deliver(run_id, event, payload)
+                except Exception:
+                    log.exception("delivering %s for run %s failed", event, run_id)
+
+    async def _fetch(self, message_ids: list[str]) -> dict[str, tuple[str, Any]]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select id::text, event, payload from realtime.messages where id = any(%s::uuid[])",
+                (message_ids,),
+            )
+            return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+    def _spawn_resync(self, run_id: str) -> None:
+        task = asyncio.ensure_future(self._hooks.resync(run_id))
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed("this pgflow client is closed")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._topics.clear()
+        self._inbox.put_nowait(None)
+        listen, dispatch = self._tasks or (None, None)
+        pending = [t for t in (listen, *self._resyncs) if t is not None]
+        for task in pending:
+            task.cancel()
+        if dispatch is not None:
+            # Stopped by the sentinel, not cancelled: a cancelled pool checkout can swallow
+            # the cancellation and leave the task waiting forever.
+            done, _ = await asyncio.wait({dispatch}, timeout=5)
+            if not done:
+                dispatch.cancel()
+            pending.append(dispatch)
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5)
+        await self._pool.close()

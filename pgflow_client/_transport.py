@@ -1,0 +1,86 @@
+"""What the client needs from a transport, whichever way it reaches the database.
+
+A transport makes the two RPC calls (``start_flow_with_states`` and ``get_run_with_states``)
+and delivers each run's raw broadcast events. It calls back into the client with
+:class:`TransportHooks`: ``deliver`` for every raw event of a subscribed run, ``resync`` when
+events may have been missed (a reconnect, a rejoin, the first moments of a subscription), so
+the client refetches the snapshot and replays what it missed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import FlowNotFound, InvalidFlowInput, RpcError, RunAlreadyExists
+
+__all__ = ["Transport", "TransportHooks", "check_json", "rpc_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportHooks:
+    """Callbacks a transport uses to hand events and resync requests to the client."""
+
+    deliver: Callable[[str, str, Any], None]
+    """``deliver(run_id, event_name, payload)`` for every raw broadcast of a subscribed run."""
+
+    resync: Callable[[str], Coroutine[Any, Any, None]]
+    """``await resync(run_id)``: refetch the run's snapshot and replay missed transitions."""
+
+
+class Transport(Protocol):
+    """The two RPCs and one event subscription per run."""
+
+    async def subscribe(self, run_id: str) -> None:
+        """Start receiving the run's events; returns once the subscription is confirmed."""
+
+    async def unsubscribe(self, run_id: str) -> None:
+        """Stop receiving the run's events (safe for unknown or repeated ids)."""
+
+    def subscribed(self) -> frozenset[str]:
+        """The run ids currently subscribed."""
+        ...
+
+    async def start_flow_with_states(
+        self, flow_slug: str, input: Any, run_id: str
+    ) -> dict[str, Any]:
+        """Start a run; return ``{"run": ..., "steps": [...]}``."""
+        ...
+
+    async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
+        """The run's snapshot, or None when there is no such run."""
+        ...
+
+    def after_start(self, run_id: str) -> None:
+        """Hook called once a started run's snapshot is applied (for delayed reconciliation)."""
+
+    async def close(self) -> None:
+        """Release every resource the transport opened."""
+
+
+def check_json(flow_slug: str, value: Any) -> None:
+    """Refuse a flow input JSON cannot carry, before anything is sent or created."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        reason = str(exc)
+        if isinstance(exc, ValueError) and "compliant" in reason:
+            reason = "NaN and Infinity have no JSON form"
+        raise InvalidFlowInput(
+            f"the input for flow {flow_slug!r} is not JSON-serializable: {reason}",
+            flow_slug=flow_slug,
+        ) from None
+
+
+def rpc_error(function: str, code: str | None, message: str, *, flow_slug: str | None) -> RpcError:
+    """The specific exception for a refused RPC, from its SQLSTATE and message."""
+    if function == "start_flow_with_states" and flow_slug is not None:
+        if code == "23503" and "does not exist" in message:
+            return FlowNotFound(message, flow_slug=flow_slug, code=code)
+        if code in ("P0001", "23502") and "input" in message:
+            return InvalidFlowInput(message, flow_slug=flow_slug, code=code)
+        if code == "23505":
+            return RunAlreadyExists(message, code=code, function=function)
+    return RpcError(f"{function} failed: {message}", code=code, function=function)

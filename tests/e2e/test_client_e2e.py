@@ -1,0 +1,203 @@
+"""PgflowClient end to end: real Postgres, a real worker, both transports."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from pgflow_client import (
+    FlowNotFound,
+    FlowRunStatus,
+    FlowStepStatus,
+    InvalidFlowInput,
+    PgflowClient,
+    RunAlreadyExists,
+    StatusUnreachable,
+)
+from pgflow_worker import Flow, FlowWorker
+from pgflow_worker._shape import ensure_flow
+from tests.e2e.conftest import ClientFactory
+from tests.e2e.flows import chain, empty_dependent_map, mapping
+
+FAST = {"max_poll_seconds": 1, "poll_interval_ms": 20}
+
+
+async def define(db_url: str, flow: Flow) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await ensure_flow(conn, flow)
+
+
+async def collect(run: Any) -> list[str]:
+    names = []
+    async for event in run.events():
+        step = getattr(event, "step_slug", None)
+        names.append(f"{event.event_type}{':' + step if step else ''}")
+    return names
+
+
+async def test_three_step_happy_path_with_every_event_in_order(
+    db_url: str, client: PgflowClient
+) -> None:
+    flow = chain()
+    await define(db_url, flow)
+    run = await client.start_flow("e2e_chain", {"id": 7})
+    assert run.status is FlowRunStatus.STARTED
+    assert run.remaining_steps == 3
+    assert run.step("fetch").status is FlowStepStatus.STARTED  # from the snapshot
+    seen: list[str] = []
+    run.step("publish").on("completed", lambda e: seen.append(e.output["published"]))
+    events = asyncio.create_task(collect(run))
+    await asyncio.sleep(0)  # let the iterator attach before work begins
+    async with FlowWorker(flow, db_url, **FAST):
+        await run.wait_for_status("completed", timeout=30)
+        names = await asyncio.wait_for(events, 10)
+    assert names == [
+        "step:completed:fetch",
+        "step:started:summarize",
+        "step:completed:summarize",
+        "step:started:publish",
+        "step:completed:publish",
+        "run:completed",
+    ]
+    assert run.output == {"publish": {"published": "summary of title-7"}}
+    assert run.step("summarize").output == "summary of title-7"
+    assert seen == ["summary of title-7"]
+    assert run.completed_at is not None
+    assert run.remaining_steps == 0
+
+
+async def test_failure_reaches_run_and_step(db_url: str, client: PgflowClient) -> None:
+    flow = chain()
+    await define(db_url, flow)
+    run = await client.start_flow("e2e_chain", {"id": "boom"})
+    async with FlowWorker(flow, db_url, **FAST):
+        step = await run.step("publish").wait_for_status("failed", timeout=30)
+        await run.wait_for_status("failed", timeout=10)
+    assert step.error_message == "RuntimeError: publishing refused"
+    assert run.error_message == "RuntimeError: publishing refused"
+    with pytest.raises(StatusUnreachable) as caught:
+        await run.wait_for_status("completed", timeout=10)
+    assert caught.value.status == "failed"
+
+
+async def test_map_and_empty_maps(db_url: str, client: PgflowClient) -> None:
+    flows = [mapping(), empty_dependent_map()]
+    for flow in flows:
+        await define(db_url, flow)
+    empty_root = await client.start_flow("e2e_map", [])
+    # The empty map completed inside start_flow, without ever being started.
+    assert empty_root.step("double").status is FlowStepStatus.COMPLETED
+    assert empty_root.step("double").output == []
+    assert empty_root.step("total").status is FlowStepStatus.STARTED
+    with pytest.raises(StatusUnreachable):
+        await empty_root.step("double").wait_for_status("started", timeout=5)
+
+    run = await client.start_flow("e2e_map", [1, 2, 3])
+    empty_dep = await client.start_flow("e2e_empty_dep", {"n": 0})
+    worker_a = FlowWorker(flows[0], db_url, **FAST)
+    worker_b = FlowWorker(flows[1], db_url, **FAST)
+    async with worker_a, worker_b:
+        await run.wait_for_status("completed", timeout=30)
+        each = await empty_dep.step("each").wait_for_status("completed", timeout=30)
+        await empty_dep.wait_for_status("completed", timeout=10)
+        await empty_root.wait_for_status("completed", timeout=10)
+    assert empty_root.output == {"total": 0}
+    assert run.output == {"total": 12}
+    assert run.step("double").output == [2, 4, 6]
+    assert each.output == []
+    with pytest.raises(StatusUnreachable):
+        await each.wait_for_status("started", timeout=5)
+
+
+async def test_get_run_of_existing_and_missing_runs(
+    db_url: str, make_client: ClientFactory
+) -> None:
+    flow = mapping()
+    await define(db_url, flow)
+    starter = await make_client()
+    run = await starter.start_flow("e2e_map", [5])
+    async with FlowWorker(flow, db_url, **FAST):
+        await run.wait_for_status("completed", timeout=30)
+    observer = await make_client()
+    fetched = await observer.get_run(run.run_id)
+    assert fetched is not None
+    assert fetched.status is FlowRunStatus.COMPLETED
+    assert fetched.output == {"total": 10}
+    assert fetched.step("double").output == [10]
+    assert await observer.get_run(run.run_id) is fetched or fetched.disposed
+    assert await observer.get_run(uuid.uuid4()) is None
+    assert observer.subscriptions() <= {run.run_id}
+
+
+async def test_many_clients_on_one_run_and_many_runs_on_one_client(
+    db_url: str, make_client: ClientFactory
+) -> None:
+    flow = mapping()
+    await define(db_url, flow)
+    starter = await make_client()
+    runs = [await starter.start_flow("e2e_map", [i, i]) for i in range(5)]
+    watchers = [await make_client() for _ in range(3)]
+    watched = [await w.get_run(runs[0].run_id) for w in watchers]
+    async with FlowWorker(flow, db_url, **FAST):
+        await asyncio.gather(*(r.wait_for_status("completed", timeout=30) for r in runs))
+        for w in watched:
+            assert w is not None
+            await w.wait_for_status("completed", timeout=10)
+    assert [r.output for r in runs] == [{"total": 4 * i} for i in range(5)]
+    assert all(w is not None and w.output == {"total": 0} for w in watched)
+
+
+async def test_bad_input_leaves_nothing_behind(db_url: str, client: PgflowClient) -> None:
+    await define(db_url, mapping())
+    with pytest.raises(FlowNotFound) as missing:
+        await client.start_flow("no_such_flow", {})
+    assert missing.value.flow_slug == "no_such_flow"
+    with pytest.raises(InvalidFlowInput, match="not an array"):
+        await client.start_flow("e2e_map", {"not": "a list"})
+    with pytest.raises(InvalidFlowInput, match="not JSON-serializable"):
+        await client.start_flow("e2e_map", [float("nan")])
+    with pytest.raises(ValueError, match="not a UUID"):
+        await client.start_flow("e2e_map", [1], run_id="not-a-uuid")
+    with pytest.raises(ValueError, match="not a UUID"):
+        await client.get_run("42")
+    run_id = uuid.uuid4()
+    await client.start_flow("e2e_map", [1], run_id=run_id)
+    client.dispose(run_id)
+    with pytest.raises(RunAlreadyExists):
+        await client.start_flow("e2e_map", [1], run_id=run_id)
+    await asyncio.sleep(0)
+    await client.aclose()
+    assert client.subscriptions() == frozenset()
+    assert client.runs == {}
+
+
+async def test_dispose_releases_the_subscription(db_url: str, client: PgflowClient) -> None:
+    await define(db_url, mapping())
+    run = await client.start_flow("e2e_map", [1])
+    calls: list[object] = []
+    run.on("*", calls.append)
+    assert run.run_id in client.subscriptions()
+    client.dispose(run.run_id)
+    assert run.disposed
+    assert client.runs == {}
+    await client.aclose()
+    assert client.subscriptions() == frozenset()
+
+
+async def test_terminal_run_without_listeners_disposes_itself(
+    db_url: str, client: PgflowClient
+) -> None:
+    flow = mapping()
+    await define(db_url, flow)
+    run = await client.start_flow("e2e_map", [2])
+    async with FlowWorker(flow, db_url, **FAST):
+        await run.wait_for_status("completed", timeout=30)
+    await asyncio.sleep(0)
+    assert run.disposed
+    assert run.output == {"total": 4}
+    assert run.run_id not in client.runs

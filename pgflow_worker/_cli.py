@@ -206,6 +206,198 @@ def worker(
         _fail(redact(str(exc)))
 
 
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _fail(f"{what} is not valid JSON: {exc}", 2)
+
+
+async def _flow_slugs(dsn: str) -> list[str]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("select flow_slug from pgflow.flows order by flow_slug")
+        return [row[0] for row in await cur.fetchall()]
+
+
+def _run_async(coro: Any) -> Any:
+    import asyncio
+
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _step_table(run: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{run.flow_slug} · {run.run_id} · {run.status.value}")
+    for column in ("step", "status", "started", "finished", "output / error"):
+        table.add_column(column, overflow="fold")
+    for step in run.steps.values():
+        finished = step.completed_at or step.failed_at or step.skipped_at
+        detail = step.error_message if step.error_message else _preview(step.output)
+        table.add_row(
+            step.step_slug,
+            step.status.value,
+            step.started_at.strftime("%H:%M:%S.%f")[:-3] if step.started_at else "",
+            finished.strftime("%H:%M:%S.%f")[:-3] if finished else "",
+            detail,
+        )
+    return table
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "flow_slug": run.flow_slug,
+        "status": run.status.value,
+        "input": run.input,
+        "output": run.output,
+        "error_message": run.error_message,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+        "failed_at": run.failed_at,
+        "remaining_steps": run.remaining_steps,
+        "steps": {
+            slug: {
+                "status": step.status.value,
+                "output": step.output,
+                "error_message": step.error_message,
+                "started_at": step.started_at,
+                "completed_at": step.completed_at,
+                "failed_at": step.failed_at,
+                "skipped_at": step.skipped_at,
+                "skip_reason": step.skip_reason.value if step.skip_reason else None,
+            }
+            for slug, step in run.steps.items()
+        },
+    }
+
+
+@app.command()
+def start(
+    slug: Annotated[str, typer.Argument(help="The flow to start.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="The flow input, as JSON.")] = "{}",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the run to end.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a run and print its id; with --wait, print its output (exit 1 if it fails)."""
+    from pgflow_client import FlowNotFound, PgflowClient, PgflowClientError, StatusUnreachable
+
+    dsn = _dsn(db)
+    payload = _parse_json(input, "--input")
+
+    async def go() -> int:
+        try:
+            client = await PgflowClient.connect(dsn)
+        except PgflowClientError as exc:
+            _fail(redact(str(exc)))
+        async with client:
+            try:
+                run = await client.start_flow(slug, payload)
+            except FlowNotFound:
+                known = ", ".join(await _flow_slugs(dsn)) or "none yet"
+                _fail(f"flow {slug!r} does not exist; flows in this database: {known}")
+            except PgflowClientError as exc:
+                _fail(str(exc))
+            if not wait:
+                if as_json:
+                    console.print_json(dump_json({"run_id": run.run_id, "status": run.status}))
+                else:
+                    console.print(run.run_id, highlight=False)
+                return 0
+            if not as_json:
+                errors.print(f"run {run.run_id} started; waiting…", highlight=False)
+            try:
+                await run.wait_for_status("completed", timeout=timeout)
+            except StatusUnreachable:
+                pass
+            except TimeoutError:
+                _fail(f"run {run.run_id} did not finish within {timeout:g} s", 3)
+            if as_json:
+                console.print_json(dump_json(_run_dict(run)))
+            elif run.status.value == "completed":
+                console.print_json(dump_json(run.output))
+            else:
+                errors.print(
+                    f"[bold red]run {run.run_id} failed:[/] {run.error_message}", highlight=False
+                )
+            return 0 if run.status.value == "completed" else 1
+
+    raise typer.Exit(_run_async(go()))
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a run and a table of its steps."""
+    from pgflow_client import PgflowClient, PgflowClientError
+
+    dsn = _dsn(db)
+
+    async def go() -> None:
+        try:
+            client = await PgflowClient.connect(dsn)
+        except PgflowClientError as exc:
+            _fail(redact(str(exc)))
+        async with client:
+            try:
+                run = await client.get_run(run_id)
+            except ValueError as exc:
+                _fail(str(exc), 2)
+            if run is None:
+                _fail(f"no run {run_id}")
+            if as_json:
+                console.print_json(dump_json(_run_dict(run)))
+            else:
+                console.print(_step_table(run))
+
+    _run_async(go())
+
+
+@app.command()
+def watch(
+    run_id: Annotated[str, typer.Argument(help="The run to follow.")],
+    db: DbOption = None,
+) -> None:
+    """Follow a run live until it ends (exit 1 if it fails)."""
+    from rich.live import Live
+
+    from pgflow_client import PgflowClient, PgflowClientError
+
+    dsn = _dsn(db)
+
+    async def go() -> int:
+        try:
+            client = await PgflowClient.connect(dsn)
+        except PgflowClientError as exc:
+            _fail(redact(str(exc)))
+        async with client:
+            run = await client.get_run(run_id)
+            if run is None:
+                _fail(f"no run {run_id}")
+            with Live(_step_table(run), console=console, auto_refresh=False) as live:
+                async for _ in run.events():
+                    live.update(_step_table(run), refresh=True)
+                live.update(_step_table(run), refresh=True)
+            return 0 if run.status.value == "completed" else 1
+
+    raise typer.Exit(_run_async(go()))
+
+
 def _json_default(value: Any) -> str:
     return str(value)
 

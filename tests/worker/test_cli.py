@@ -1,0 +1,159 @@
+"""The `pgflow` command line, run in-process with typer's test runner and as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pgflow_worker._cli import app
+from tests._stack import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+@pytest.fixture
+def empty_db_url(stack: Stack) -> Iterator[str]:
+    name = f"pgflow_empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"'.encode())
+    try:
+        yield stack.url(name)
+    finally:
+        stack.drop(name)
+
+
+def test_migrate_installs_everything_then_is_a_no_op(empty_db_url: str) -> None:
+    first = runner.invoke(app, ["migrate", "--db", empty_db_url, "--json"])
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.output)
+    assert report["applied"]
+    assert report["realtime"] == "stand-in"
+    second = runner.invoke(app, ["migrate", "--db", empty_db_url, "--json"])
+    assert json.loads(second.output)["applied"] == []
+
+
+def test_compile_prints_sql_and_writes_a_migration(tmp_path: Path) -> None:
+    printed = runner.invoke(app, ["compile", "tests.worker.cliflows:hello"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.output.splitlines() == [
+        "SELECT pgflow.create_flow('cli_hello', max_attempts => 1);",
+        "SELECT pgflow.add_step('cli_hello', 'greet');",
+    ]
+    written = runner.invoke(app, ["compile", "tests.worker.cliflows", "--out", str(tmp_path)])
+    assert written.exit_code == 0, written.output
+    (path,) = tmp_path.iterdir()
+    assert path.name.endswith("_create_cli_hello_flow.sql")
+    assert "pgflow.add_step('cli_hello', 'greet')" in path.read_text()
+
+
+def test_bad_targets_and_missing_database_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = runner.invoke(app, ["compile", "tests.worker.nowhere:flow"])
+    assert result.exit_code == 2
+    assert "cannot import 'tests.worker.nowhere'" in result.output
+    result = runner.invoke(app, ["compile", "tests.worker.cliflows:missing"])
+    assert "is not a Flow" in result.output
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    result = runner.invoke(app, ["start", "cli_hello"])
+    assert result.exit_code == 2
+    assert "DATABASE_URL" in result.output
+
+
+def test_wrong_url_names_host_and_port_but_never_the_password() -> None:
+    url = "postgresql://alice:s3cret-pw@127.0.0.1:1/nowhere"
+    for command in (["migrate", "--db", url], ["start", "x", "--db", url]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert "127.0.0.1:1" in result.output
+        assert "s3cret-pw" not in result.output
+
+
+def test_start_unknown_flow_lists_the_existing_ones(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("select pgflow.create_flow('alpha')")
+        conn.execute("select pgflow.create_flow('beta')")
+    result = runner.invoke(app, ["start", "gamma", "--db", db_url])
+    assert result.exit_code == 1
+    assert "flow 'gamma' does not exist" in result.output
+    assert "alpha, beta" in result.output
+
+
+def test_start_wait_status_with_a_worker_process(db_url: str) -> None:
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgflow_worker",
+            "worker",
+            "tests.worker.cliflows:hello",
+            "--db",
+            db_url,
+            "--max-poll-seconds",
+            "1",
+            "--poll-interval-ms",
+            "50",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        # The worker creates the flow at startup: the first `start` may come too early.
+        ok = _start_when_ready(db_url, ["--input", '{"name": "Ada"}', "--wait"])
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.stdout) == {"greet": "Hello, Ada!"}
+        bad = runner.invoke(
+            app,
+            [
+                "start",
+                "cli_hello",
+                "--db",
+                db_url,
+                "--input",
+                '{"name": "nobody"}',
+                "--wait",
+                "--json",
+            ],
+        )
+        assert bad.exit_code == 1
+        failed = json.loads(bad.stdout)
+        assert failed["status"] == "failed"
+        assert failed["steps"]["greet"]["error_message"] == "LookupError: nobody to greet"
+        status = runner.invoke(app, ["status", failed["run_id"], "--db", db_url, "--json"])
+        assert json.loads(status.stdout)["steps"]["greet"]["status"] == "failed"
+        table = runner.invoke(app, ["status", failed["run_id"], "--db", db_url])
+        assert "greet" in table.output
+        assert "failed" in table.output
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=30)
+    assert worker.returncode == 0
+
+
+def _start_when_ready(db_url: str, extra: list[str]):  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        result = runner.invoke(app, ["start", "cli_hello", "--db", db_url, *extra])
+        if result.exit_code == 0 or "does not exist" not in result.output:
+            return result
+        assert time.monotonic() < deadline, result.output
+        time.sleep(0.1)
+
+
+def test_bad_json_input_is_refused() -> None:
+    result = runner.invoke(app, ["start", "x", "--db", "postgresql://u@h/d", "--input", "{oops"])
+    assert result.exit_code == 2
+    assert "--input is not valid JSON" in result.output

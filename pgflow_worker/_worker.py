@@ -24,6 +24,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from pgflow_client._dsn import describe_dsn, redact
+
 from ._context import FlowInputCache, StepContext
 from ._flow import Flow, StepDefinition
 from ._settings import WorkerSettings
@@ -127,10 +129,17 @@ class FlowWorker:
             name=f"pgflow-worker-{self.flow.slug}",
         )
         try:
+            # One direct attempt first: it fails at once with the server's own reason,
+            # where the pool would retry quietly until its timeout.
+            probe = await AsyncConnection.connect(self.dsn, connect_timeout=10)
+            await probe.close()
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
             await pool.close()
-            raise WorkerError(f"worker for flow {self.flow.slug!r} cannot connect: {exc}") from exc
+            raise WorkerError(
+                f"worker for flow {self.flow.slug!r} cannot connect to "
+                f"{describe_dsn(self.dsn)}: {redact(str(exc)).strip()}"
+            ) from None
         client = self._client = PgflowSqlClient(pool)
         self._executor = ThreadPoolExecutor(
             max_workers=self.settings.max_concurrent + 2,

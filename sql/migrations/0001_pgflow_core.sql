@@ -16,7 +16,7 @@ create or replace function pgflow.is_valid_slug(slug text)
 returns boolean
 language sql
 immutable
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
   select slug is not null
      and slug <> ''
@@ -183,7 +183,9 @@ create table pgflow.step_tasks (
 );
 
 create index idx_step_tasks_message_id on pgflow.step_tasks (flow_slug, message_id);
-create index idx_step_tasks_active on pgflow.step_tasks (run_id)
+-- Keyed like the primary key: planners without statistics happily pick this partial index for
+-- a primary-key lookup that also names the status, and it must stay a single probe then.
+create index idx_step_tasks_active on pgflow.step_tasks (run_id, step_slug, task_index)
   where status in ('queued', 'started');
 create index idx_step_tasks_started on pgflow.step_tasks (started_at)
   where status = 'started';
@@ -209,7 +211,7 @@ create or replace function pgflow.calculate_retry_delay(base_delay numeric, atte
 returns integer
 language sql
 immutable
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
   select least(floor(base_delay * power(2::numeric, attempts_count)), 2147483647)::integer
 $fn$;
@@ -225,7 +227,7 @@ returns table (
   headers jsonb
 )
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 begin
   if msg_ids is null or vt_offsets is null
@@ -263,7 +265,7 @@ create or replace function pgflow.read_with_poll(
 )
 returns setof pgmq.message_record
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   deadline timestamptz := clock_timestamp() + make_interval(secs => max_poll_seconds);
@@ -286,7 +288,7 @@ create or replace function pgflow._archive_task_message(
 )
 returns void
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_flow_slug text;
@@ -309,7 +311,7 @@ $fn$;
 create or replace function pgflow._terminate_run_tasks(p_run_id uuid, p_reason text)
 returns integer
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_flow_slug text;
@@ -346,7 +348,7 @@ create or replace function pgflow.create_flow(
 )
 returns pgflow.flows
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_flow pgflow.flows;
@@ -403,7 +405,7 @@ create or replace function pgflow.add_step(
 )
 returns pgflow.steps
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_deps text[] := coalesce(add_step.deps_slugs, '{}');
@@ -510,7 +512,7 @@ $fn$;
 create or replace function pgflow.cascade_complete_taskless_steps(run_id uuid)
 returns integer
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_total integer := 0;
@@ -602,7 +604,7 @@ $fn$;
 create or replace function pgflow.start_ready_steps(run_id uuid)
 returns void
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_flow_slug text;
@@ -670,7 +672,7 @@ $fn$;
 create or replace function pgflow.maybe_complete_run(run_id uuid)
 returns void
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_run pgflow.runs;
@@ -710,7 +712,7 @@ $fn$;
 create or replace function pgflow.start_flow(flow_slug text, input jsonb, run_id uuid default null)
 returns setof pgflow.runs
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_step_count integer;
@@ -801,7 +803,7 @@ returns jsonb
 language sql
 stable
 security definer
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
   select jsonb_build_object(
            'run', to_jsonb(r),
@@ -823,7 +825,7 @@ create or replace function pgflow.start_flow_with_states(
 returns jsonb
 language plpgsql
 security definer
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_run_id uuid;
@@ -846,98 +848,124 @@ $fn$;
 create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
 returns setof pgflow.step_task_record
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
-  v_expired record;
-  v_claimed_ids bigint[];
-  v_offsets integer[];
+  v_msg_id bigint;
+  v_task pgflow.step_tasks;
+  v_tasks pgflow.step_tasks[] := '{}';
+  v_step pgflow.steps;
+  v_timeout integer;
+  v_source_of text;
+  v_source jsonb;
+  v_flow_input jsonb;
+  v_record pgflow.step_task_record;
+  v_claimed_ids bigint[] := '{}';
+  v_offsets integer[] := '{}';
 begin
-  for v_expired in
-    select t.run_id, t.step_slug, t.task_index,
-           coalesce(s.opt_timeout, f.opt_timeout) as timeout
-      from pgflow.step_tasks as t
-      join pgflow.runs as r on r.run_id = t.run_id
-      join pgflow.steps as s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
-      join pgflow.flows as f on f.flow_slug = t.flow_slug
-     where t.flow_slug = start_tasks.flow_slug
-       and t.message_id = any (start_tasks.msg_ids)
-       and t.status = 'started'
-       and r.status = 'started'
-       and t.started_at
-           <= clock_timestamp() - make_interval(secs => coalesce(s.opt_timeout, f.opt_timeout) + 2)
-     order by t.run_id, t.step_slug, t.task_index
+  -- One index probe per message id. (A set-based lookup is at the planner's mercy: on tables
+  -- without fresh statistics it can scan every task of a big map on each call.)
+  foreach v_msg_id in array array(
+    select distinct m.id from unnest(start_tasks.msg_ids) as m (id) where m.id is not null
+     order by m.id)
   loop
+    select * into v_task
+      from pgflow.step_tasks as t
+     where t.flow_slug = start_tasks.flow_slug and t.message_id = v_msg_id;
+    if found then
+      v_tasks := v_tasks || v_task;
+    end if;
+  end loop;
+
+  -- Expired leases first, so a run failed by one of them has no task handed out below.
+  foreach v_task in array v_tasks loop
+    continue when v_task.status <> 'started';
+    select coalesce(s.opt_timeout, f.opt_timeout) into v_timeout
+      from pgflow.steps as s
+      join pgflow.flows as f on f.flow_slug = s.flow_slug
+     where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+    continue when v_task.started_at > clock_timestamp() - make_interval(secs => v_timeout + 2)
+      or not exists (select 1 from pgflow.runs as r
+                      where r.run_id = v_task.run_id and r.status = 'started');
     begin
       perform pgflow.fail_task(
-        v_expired.run_id, v_expired.step_slug, v_expired.task_index,
+        v_task.run_id, v_task.step_slug, v_task.task_index,
         format('Task lease expired: no result within %s s of its start (the worker stopped '
-               'or the handler hung)', v_expired.timeout + 2));
+               'or the handler hung)', v_timeout + 2));
     exception when object_not_in_prerequisite_state then
       null;  -- finished meanwhile by its worker
     end;
   end loop;
 
-  with claimed as (
+  -- Claim the queued ones (a failed attempt above is queued again but waits for its backoff).
+  foreach v_task in array v_tasks loop
+    continue when v_task.status <> 'queued';
     update pgflow.step_tasks as t
        set status = 'started',
            started_at = now(),
            attempts_count = t.attempts_count + 1,
            last_worker_id = start_tasks.worker_id
-      from pgflow.runs as r, pgflow.step_states as ss, pgflow.steps as s, pgflow.flows as f
-     where t.flow_slug = start_tasks.flow_slug
-       and t.message_id = any (start_tasks.msg_ids)
+     where t.run_id = v_task.run_id
+       and t.step_slug = v_task.step_slug
+       and t.task_index = v_task.task_index
        and t.status = 'queued'
-       and r.run_id = t.run_id
-       and r.status = 'started'
-       and ss.run_id = t.run_id
-       and ss.step_slug = t.step_slug
-       and ss.status = 'started'
-       and s.flow_slug = t.flow_slug
-       and s.step_slug = t.step_slug
-       and f.flow_slug = t.flow_slug
-    returning t.message_id, coalesce(s.opt_timeout, f.opt_timeout) + 2 as vt_offset
-  )
-  select array_agg(c.message_id order by c.message_id), array_agg(c.vt_offset order by c.message_id)
-    into v_claimed_ids, v_offsets
-    from claimed as c;
+       and exists (select 1 from pgflow.runs as r
+                    where r.run_id = t.run_id and r.status = 'started')
+       and exists (select 1 from pgflow.step_states as ss
+                    where ss.run_id = t.run_id and ss.step_slug = t.step_slug
+                      and ss.status = 'started')
+    returning * into v_task;
+    continue when not found;
 
-  if v_claimed_ids is null then
-    return;
-  end if;
+    -- What the step's tasks read, loaded once per run and step of this batch.
+    if v_source_of is distinct from v_task.run_id::text || '/' || v_task.step_slug then
+      v_source_of := v_task.run_id::text || '/' || v_task.step_slug;
+      v_flow_input := null;
+      select * into v_step
+        from pgflow.steps as s
+       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+      select coalesce(v_step.opt_timeout, f.opt_timeout) into v_timeout
+        from pgflow.flows as f where f.flow_slug = v_task.flow_slug;
+      if v_step.step_type = 'single' then
+        select coalesce(jsonb_object_agg(d.dep_slug, ps.output), '{}'::jsonb) into v_source
+          from pgflow.deps as d
+          join pgflow.step_states as ps on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
+         where d.flow_slug = v_task.flow_slug
+           and d.step_slug = v_task.step_slug
+           and ps.status = 'completed';
+        if v_step.deps_count = 0 then
+          select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
+        end if;
+      else
+        if v_step.deps_count = 0 then
+          select r.input into v_source from pgflow.runs as r where r.run_id = v_task.run_id;
+        else
+          select ps.output into v_source
+            from pgflow.deps as d
+            join pgflow.step_states as ps
+              on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
+           where d.flow_slug = v_task.flow_slug and d.step_slug = v_task.step_slug;
+        end if;
+        -- A big array is stored compressed and each `->` below would decompress all of it
+        -- again; appending nothing gives the same array, decompressed once for this call.
+        v_source := v_source || '[]'::jsonb;
+      end if;
+    end if;
+
+    v_claimed_ids := v_claimed_ids || v_task.message_id;
+    v_offsets := v_offsets || (v_timeout + 2);
+    v_record := row(
+      v_task.flow_slug,
+      v_task.run_id,
+      v_task.step_slug,
+      case when v_step.step_type = 'map' then v_source -> v_task.task_index else v_source end,
+      v_task.message_id,
+      v_task.task_index,
+      v_flow_input)::pgflow.step_task_record;
+    return next v_record;
+  end loop;
 
   perform pgflow.set_vt_batch(start_tasks.flow_slug, v_claimed_ids, v_offsets);
-
-  return query
-  select t.flow_slug,
-         t.run_id,
-         t.step_slug,
-         case
-           when s.step_type = 'map' and s.deps_count = 0 then r.input -> t.task_index
-           when s.step_type = 'map' then (
-             select ps.output -> t.task_index
-               from pgflow.deps as d
-               join pgflow.step_states as ps
-                 on ps.run_id = t.run_id and ps.step_slug = d.dep_slug
-              where d.flow_slug = t.flow_slug and d.step_slug = t.step_slug)
-           else coalesce((
-             select jsonb_object_agg(d.dep_slug, ps.output)
-               from pgflow.deps as d
-               join pgflow.step_states as ps
-                 on ps.run_id = t.run_id and ps.step_slug = d.dep_slug
-              where d.flow_slug = t.flow_slug
-                and d.step_slug = t.step_slug
-                and ps.status = 'completed'), '{}'::jsonb)
-         end as input,
-         t.message_id as msg_id,
-         t.task_index,
-         case when s.step_type = 'single' and s.deps_count = 0 then r.input end as flow_input
-    from pgflow.step_tasks as t
-    join pgflow.runs as r on r.run_id = t.run_id
-    join pgflow.steps as s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
-   where t.flow_slug = start_tasks.flow_slug
-     and t.message_id = any (v_claimed_ids)
-   order by t.message_id;
 end;
 $fn$;
 
@@ -949,7 +977,7 @@ create or replace function pgflow.complete_task(
 )
 returns setof pgflow.step_tasks
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_run pgflow.runs;
@@ -1167,7 +1195,7 @@ create or replace function pgflow.fail_task(
 )
 returns setof pgflow.step_tasks
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_run pgflow.runs;
@@ -1316,7 +1344,7 @@ $fn$;
 create or replace function pgflow.requeue_stalled_tasks()
 returns integer
 language plpgsql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_task record;
@@ -1367,7 +1395,7 @@ $fn$;
 create or replace function pgflow.mark_worker_stopped(worker_id uuid)
 returns void
 language sql
-set search_path to ''
+set search_path to pg_catalog, pg_temp
 as $fn$
   update pgflow.workers as w
      set stopped_at = clock_timestamp()

@@ -1,0 +1,472 @@
+"""Race scenarios with several real connections: a run failing while other workers hold its
+tasks, orphaned messages, completions racing the archival, many workers on one map.
+
+Scenarios 2–7 follow pgflow's race-condition test plan for type violations. Where the plan
+assumes a map task's output can violate a map child's expectation, these tests use a single
+step instead: in pgflow a map child of a map takes its task count from the parent, so only a
+single step's output is type-checked.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.sql.concurrency import connections, together, wait_until_blocked, worker_ids
+from tests.sql.helpers import (
+    Task,
+    archived_ids,
+    complete,
+    define_flow,
+    event_names,
+    events,
+    fail,
+    is_official,
+    make_all_visible,
+    queue_rows,
+    read_and_start,
+    read_ids,
+    run_row,
+    start_flow,
+    start_tasks,
+    step_states,
+    task_row,
+    task_rows,
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def message_ids(conn: Conn, run_id: uuid.UUID) -> dict[tuple[str, int], int]:
+    return {(r["step_slug"], r["task_index"]): r["message_id"] for r in task_rows(conn, run_id)}
+
+
+def claim(
+    conn: Conn, ids: dict[tuple[str, int], int], key: tuple[str, int], worker: uuid.UUID
+) -> Task:
+    (task,) = start_tasks(conn, "f", [ids[key]], worker)
+    return task
+
+
+def assert_run_failed_cleanly(conn: Conn, run_id: uuid.UUID, flow: str = "f") -> None:
+    """The run failed once, nothing of it is left in the queue, every message of it was
+    archived, and (ours) no task of it still looks queued or started."""
+    assert run_row(conn, run_id)["status"] == "failed"
+    names = event_names(conn, run_id)
+    assert names.count("run:failed") == 1
+    assert "run:completed" not in names
+    rows = task_rows(conn, run_id)
+    assert all(m.message["run_id"] != str(run_id) for m in queue_rows(conn, flow))
+    assert {r["message_id"] for r in rows} <= archived_ids(conn, flow)
+    if not is_official(conn):
+        assert [r for r in rows if r["status"] in ("queued", "started")] == []
+    # Forcing every message visible brings nothing back.
+    make_all_visible(conn, flow)
+    assert read_ids(conn, flow, qty=1000) == []
+
+
+# -- scenario 2 -------------------------------------------------------------------------------
+
+
+def test_type_violation_while_other_workers_hold_started_tasks(db_url: str) -> None:
+    """producer → consumer (map), p1, p2; p1 → p1_map (map). Workers hold consumer[0],
+    consumer[1], p1 and p2; p1's non-array output races the others' completions."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [
+                ("producer", []),
+                ("consumer", ["producer"], "map"),
+                ("p1", ["producer"]),
+                ("p2", ["producer"]),
+                ("p1_map", ["p1"], "map"),
+            ],
+        )
+        run_id = start_flow(conn, "f", {})
+        (producer,) = read_and_start(conn, "f")
+        complete(conn, producer, [1, 2, 3])
+        ids = message_ids(conn, run_id)
+        with connections(db_url, 4) as (a, b, c, d):
+            wa, wb, wc, wd = worker_ids(4)
+            ta = claim(a, ids, ("consumer", 0), wa)
+            tb = claim(b, ids, ("consumer", 1), wb)
+            tc = claim(c, ids, ("p1", 0), wc)
+            td = claim(d, ids, ("p2", 0), wd)
+            together(
+                [
+                    lambda: complete(c, tc, {"not": "an array"}),
+                    lambda: complete(a, ta, "a"),
+                    lambda: complete(b, tb, "b"),
+                    lambda: complete(d, td, "d"),
+                ]
+            )
+        assert_run_failed_cleanly(conn, run_id)
+        states = step_states(conn, run_id)
+        assert states["p1"]["status"] == "failed"
+        assert states["p1"]["error_message"].startswith("[TYPE_VIOLATION] Map step p1_map")
+        assert states["p1_map"]["status"] == "created"
+        assert states["consumer"]["status"] == "started"  # consumer[2] never ran
+        assert event_names(conn, run_id).count("step:p1:failed") == 1
+        expected: dict[str, Any] = {"producer": [1, 2, 3], "consumer": ["a", "b"], "p2": "d"}
+        for row in task_rows(conn, run_id):
+            if row["status"] == "completed":
+                want = expected[row["step_slug"]]
+                assert row["output"] == (
+                    want[row["task_index"]] if row["step_slug"] == "consumer" else want
+                )
+
+
+# -- scenario 3 -------------------------------------------------------------------------------
+
+
+def test_type_violation_with_mixed_queued_and_started_steps(db_url: str) -> None:
+    """step1 → step2 → map_step; step1 → step4 → step5; step1 → step6. step2 and step4 are
+    started, step6 is queued; step2's violation races step4's completion (which may queue
+    step5 first). Every message ends archived, whatever the order."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [
+                ("step1", []),
+                ("step2", ["step1"]),
+                ("map_step", ["step2"], "map"),
+                ("step4", ["step1"]),
+                ("step5", ["step4"]),
+                ("step6", ["step1"]),
+            ],
+        )
+        run_id = start_flow(conn, "f", {})
+        (step1,) = read_and_start(conn, "f")
+        complete(conn, step1, {"ok": True})
+        ids = message_ids(conn, run_id)
+        with connections(db_url, 2) as (a, b):
+            wa, wb = worker_ids(2)
+            t2 = claim(a, ids, ("step2", 0), wa)
+            t4 = claim(b, ids, ("step4", 0), wb)
+            together([lambda: complete(a, t2, "oops"), lambda: complete(b, t4, {"four": 4})])
+        assert_run_failed_cleanly(conn, run_id)
+        statuses = {r["step_slug"]: r["status"] for r in task_rows(conn, run_id)}
+        assert statuses["step2"] == "failed"
+        assert statuses["step6"] == "failed"
+        assert statuses["step4"] in {"completed", "failed"}
+        assert statuses.get("step5", "failed") == "failed"
+
+
+# -- scenario 4 -------------------------------------------------------------------------------
+
+
+def test_hundred_task_map_fails_with_ten_started(any_db_url: str) -> None:
+    """A 100-task map with 10 tasks started (by 5 workers) and 90 queued when a sibling's
+    type violation fails the run while the started tasks complete at the same moment: all 100
+    messages are archived (on both cores)."""
+    hundred_task_map_fails(any_db_url, "type_violation")
+
+
+def test_hundred_task_map_fails_when_a_map_task_runs_out_of_attempts(db_url: str) -> None:
+    """The same, failed by one of the started map tasks out of attempts. Ours only: 0.8.1's
+    fail_task takes its run and step locks in CTEs nothing reads (so PostgreSQL never runs
+    them) and locks the run after the tasks, which deadlocks against concurrent completions."""
+    hundred_task_map_fails(db_url, "exhausted")
+
+
+def hundred_task_map_fails(url: str, how: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [("big", [], "map"), ("check", []), ("check_map", ["check"], "map")],
+            max_attempts=1,
+        )
+        run_id = start_flow(conn, "f", list(range(100)))
+        ids = message_ids(conn, run_id)
+        with connections(url, 6) as conns:
+            workers = worker_ids(6)
+            held = [
+                start_tasks(conns[i], "f", [ids["big", 2 * i], ids["big", 2 * i + 1]], workers[i])
+                for i in range(5)
+            ]
+            check = claim(conns[5], ids, ("check", 0), workers[5])
+
+            def finisher(i: int) -> Any:
+                def run() -> None:
+                    for task in held[i]:
+                        if how == "exhausted" and task.task_index == 0:
+                            fail(conns[i], task, "map task gave up")
+                        else:
+                            complete(conns[i], task, task.input * 2)
+
+                return run
+
+            calls = [finisher(i) for i in range(5)]
+            if how == "type_violation":
+                calls.append(lambda: complete(conns[5], check, "not an array"))
+            together(calls)
+        assert len([k for k in ids if k[0] == "big"]) == 100
+        assert run_row(conn, run_id)["status"] == "failed"
+        queued_or_started = [
+            r for r in task_rows(conn, run_id, "big") if r["status"] in ("queued", "started")
+        ]
+        if is_official(conn):
+            assert len(queued_or_started) >= 90  # 0.8.1 leaves them; their messages are gone
+        assert_run_failed_cleanly(conn, run_id)
+        assert {ids["big", i] for i in range(100)} <= archived_ids(conn, "f")
+
+
+# -- scenario 5 -------------------------------------------------------------------------------
+
+
+def test_no_orphan_message_comes_back_after_the_visibility_timeout(any_db_url: str) -> None:
+    """step1 → step2 → map_step. After step2's violation, even forcing every message's vt
+    to now (directly in the queue table, and through pgmq.set_vt) resurrects nothing."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [
+                ("step1", []),
+                ("step2", ["step1"]),
+                ("side", ["step1"]),
+                ("map_step", ["step2"], "map"),
+            ],
+        )
+        run_id = start_flow(conn, "f", {})
+        (step1,) = read_and_start(conn, "f")
+        complete(conn, step1, 1)
+        ids = message_ids(conn, run_id)
+        with connections(any_db_url, 2) as (a, b):
+            wa, wb = worker_ids(2)
+            step2 = claim(a, ids, ("step2", 0), wa)
+            side = claim(b, ids, ("side", 0), wb)
+            complete(a, step2, {"oops": 1})
+            for msg_id in ids.values():
+                rows = b.execute("select * from pgmq.set_vt('f', %s, 0)", (msg_id,)).fetchall()
+                assert rows == []
+            assert make_all_visible(b, "f") == 0
+            assert read_ids(b, "f", qty=100, vt=30) == []
+            assert start_tasks(b, "f", list(ids.values()), wb) == []
+            complete(b, side, "late")  # the worker that still held a task finishes late
+        assert_run_failed_cleanly(conn, run_id)
+
+
+# -- scenario 6 -------------------------------------------------------------------------------
+
+
+def test_violation_in_a_flow_with_a_map_chain_in_flight(db_url: str) -> None:
+    """map1 → map2 → map3 over 6 elements, beside cfg → cfg_map. With map1 tasks completed,
+    started (racing) and queued, cfg's non-array output fails the run: map2 and map3 never
+    start and every map1 message is archived."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [
+                ("map1", [], "map"),
+                ("map2", ["map1"], "map"),
+                ("map3", ["map2"], "map"),
+                ("cfg", []),
+                ("cfg_map", ["cfg"], "map"),
+            ],
+        )
+        run_id = start_flow(conn, "f", [1, 2, 3, 4, 5, 6])
+        ids = message_ids(conn, run_id)
+        with connections(db_url, 3) as (a, b, c):
+            wa, wb, wc = worker_ids(3)
+            for index in (0, 1):
+                complete(a, claim(a, ids, ("map1", index), wa), index)
+            racing = [claim(b, ids, ("map1", 2), wb), claim(c, ids, ("map1", 3), wc)]
+            cfg = claim(a, ids, ("cfg", 0), wa)
+            together(
+                [
+                    lambda: complete(a, cfg, {"not": "array"}),
+                    lambda: complete(b, racing[0], 2),
+                    lambda: complete(c, racing[1], 3),
+                ]
+            )
+        assert_run_failed_cleanly(conn, run_id)
+        states = step_states(conn, run_id)
+        assert (states["map2"]["status"], states["map3"]["status"]) == ("created", "created")
+        assert task_rows(conn, run_id, "map2") == []
+        assert {ids["map1", i] for i in range(6)} <= archived_ids(conn, "f")
+        assert "step:map2:started" not in event_names(conn, run_id)
+
+
+# -- scenario 7 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("late_call", ["complete", "fail"])
+def test_completion_waiting_behind_the_archival_is_a_no_op(db_url: str, late_call: str) -> None:
+    """Worker A's violation holds the run while it archives; worker B's complete_task (or
+    fail_task) on its own task queues behind it and, once A commits, changes nothing: no
+    event, no error, the task stays as A's failure left it."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(conn, "f", [("step1", []), ("step2", []), ("map_step", ["step1"], "map")])
+        run_id = start_flow(conn, "f", {})
+        ids = message_ids(conn, run_id)
+        with connections(db_url, 3) as (a, b, observer):
+            wa, wb = worker_ids(2)
+            t1 = claim(a, ids, ("step1", 0), wa)
+            t2 = claim(b, ids, ("step2", 0), wb)
+            b_pid = b.info.backend_pid
+            result: dict[str, Any] = {}
+            b_done = threading.Event()
+
+            def worker_b() -> None:
+                try:
+                    call = complete if late_call == "complete" else fail
+                    result["rows"] = call(b, t2, "B's result")
+                except BaseException as exc:  # reported below
+                    result["error"] = exc
+                finally:
+                    b_done.set()
+
+            with a.transaction():
+                complete(a, t1, "not an array")
+                thread = threading.Thread(target=worker_b)
+                thread.start()
+                wait_until_blocked(observer, b_pid)
+                assert not b_done.is_set()
+                names_at_commit = event_names(a, run_id)
+            assert b_done.wait(10)
+            thread.join(10)
+        assert "error" not in result, result.get("error")
+        row = task_row(conn, t2)
+        assert result["rows"] == [row]
+        assert row["status"] == "failed"
+        assert row["error_message"].startswith("Run failed: [TYPE_VIOLATION]")
+        assert row["output"] is None
+        assert event_names(conn, run_id) == names_at_commit
+        assert_run_failed_cleanly(conn, run_id)
+
+
+def test_archival_waiting_behind_a_completion(db_url: str) -> None:
+    """The other order: B's completion holds the run, A's violation waits, then fails the run
+    and ends whatever B's completion started."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [("step1", []), ("step2", []), ("after2", ["step2"]), ("m", ["step1"], "map")],
+        )
+        run_id = start_flow(conn, "f", {})
+        ids = message_ids(conn, run_id)
+        with connections(db_url, 3) as (a, b, observer):
+            wa, wb = worker_ids(2)
+            t1 = claim(a, ids, ("step1", 0), wa)
+            t2 = claim(b, ids, ("step2", 0), wb)
+            a_done = threading.Event()
+            errors: list[BaseException] = []
+
+            def worker_a() -> None:
+                try:
+                    complete(a, t1, 42)
+                except BaseException as exc:
+                    errors.append(exc)
+                finally:
+                    a_done.set()
+
+            with b.transaction():
+                complete(b, t2, "two")
+                thread = threading.Thread(target=worker_a)
+                thread.start()
+                wait_until_blocked(observer, a.info.backend_pid)
+            assert a_done.wait(10)
+            thread.join(10)
+        assert errors == []
+        assert task_row(conn, t2)["status"] == "completed"
+        (after2,) = task_rows(conn, run_id, "after2")
+        assert after2["status"] == "failed"  # queued by B, ended by A's failure
+        assert_run_failed_cleanly(conn, run_id)
+        names = event_names(conn, run_id)
+        assert names.index("step:step2:completed") < names.index("run:failed")
+
+
+# -- many workers, one map --------------------------------------------------------------------
+
+
+def test_many_workers_complete_one_big_map(db_url: str) -> None:
+    """Eight workers poll and complete a 200-task map at once: no deadlock, every task done
+    once, one step:completed, the output complete and in task order."""
+    size, n_workers = 200, 8
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        define_flow(conn, "f", [("m", [], "map"), ("total", ["m"])])
+        run_id = start_flow(conn, "f", list(range(size)))
+        with connections(db_url, n_workers) as conns:
+            workers = worker_ids(n_workers)
+
+            total_inputs: list[Any] = []
+
+            def work(i: int) -> Any:
+                def run() -> int:
+                    done = 0
+                    while True:
+                        ids = read_ids(conns[i], "f", qty=7, vt=60)
+                        if not ids:
+                            return done
+                        for task in start_tasks(conns[i], "f", ids, workers[i]):
+                            if task.step_slug == "total":
+                                total_inputs.append(task.input)
+                                complete(conns[i], task, len(task.input["m"]))
+                            else:
+                                complete(conns[i], task, {"square": task.input**2})
+                                done += 1
+
+                return run
+
+            counts = together([work(i) for i in range(n_workers)], timeout=60)
+            if not total_inputs:  # m completed after every other worker had stopped polling
+                (total,) = read_and_start(conn, "f")
+                total_inputs.append(total.input)
+                complete(conn, total, len(total.input["m"]))
+        assert sum(counts) == size
+        state = step_states(conn, run_id)["m"]
+        assert (state["status"], state["remaining_tasks"]) == ("completed", 0)
+        assert state["output"] == [{"square": i * i} for i in range(size)]
+        assert total_inputs == [{"m": state["output"]}]
+        assert run_row(conn, run_id)["output"] == {"total": size}
+        names = event_names(conn, run_id)
+        assert names.count("step:m:completed") == 1
+        assert names.count("step:total:started") == 1
+        assert names.index("step:m:completed") < names.index("step:total:started")
+        rows = task_rows(conn, run_id, "m")
+        assert all(r["status"] == "completed" and r["attempts_count"] == 1 for r in rows)
+        completed = [p for e, p in events(conn, run_id) if e == "step:m:completed"]
+        assert completed[0]["output"] == state["output"]
+
+
+def test_two_workers_start_the_same_messages(any_db_url: str) -> None:
+    """Both call start_tasks with the same 60 message ids at once, five times over: with ours
+    every task is handed to exactly one of them, once. The official SQL returns the rows of its
+    pre-update snapshot rather than of its UPDATE, so when the calls overlap a task can be
+    handed to both workers (its row is still started only once)."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        official = is_official(conn)
+        define_flow(conn, "f", [("m", [], "map")])
+        with connections(any_db_url, 2) as (a, b):
+            wa, wb = worker_ids(2)
+            for _ in range(5):
+                run_id = start_flow(conn, "f", list(range(60)))
+                ids = sorted(message_ids(conn, run_id).values())
+                got_a, got_b = together(
+                    [
+                        lambda ids=ids: start_tasks(a, "f", ids, wa),  # type: ignore[misc]
+                        lambda ids=ids: start_tasks(b, "f", ids, wb),  # type: ignore[misc]
+                    ]
+                )
+                claimed_a = {t.task_index for t in got_a}
+                claimed_b = {t.task_index for t in got_b}
+                assert claimed_a | claimed_b == set(range(60))
+                rows = task_rows(conn, run_id)
+                assert all(r["attempts_count"] == 1 and r["status"] == "started" for r in rows)
+                if official:
+                    continue
+                assert claimed_a.isdisjoint(claimed_b)
+                assert len(got_a) + len(got_b) == 60
+                owner = {r["task_index"]: r["last_worker_id"] for r in rows}
+                assert all(owner[i] == str(wa) for i in claimed_a)
+                assert all(owner[i] == str(wb) for i in claimed_b)

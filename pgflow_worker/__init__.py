@@ -20,7 +20,16 @@
 from ._compiler import compile_flow, migration_filename, render_migration
 from ._context import StepContext
 from ._database import LocalPostgres, MigrationReport, migrate
-from ._flow import Flow, FlowOptions, StepDefinition, StepOptions, StepRef
+from ._flow import (
+    Flow,
+    FlowOptions,
+    JsonPattern,
+    StepDefinition,
+    StepOptions,
+    StepRef,
+    WhenExhaustedMode,
+    WhenUnmetMode,
+)
 from ._settings import WorkerSettings
 from ._shape import EnsureResult, FlowShape, compare_flow_shapes, ensure_flow, flow_shape
 from ._worker import FlowWorker, run_worker
@@ -47,6 +56,7 @@ __all__ = [
     "FlowWorker",
     "HandlerInputError",
     "HandlerOutputError",
+    "JsonPattern",
     "LocalPostgres",
     "MigrationError",
     "MigrationReport",
@@ -56,6 +66,8 @@ __all__ = [
     "StepNotFound",
     "StepOptions",
     "StepRef",
+    "WhenExhaustedMode",
+    "WhenUnmetMode",
     "WorkerError",
     "WorkerSettings",
     "compare_flow_shapes",

@@ -2,13 +2,20 @@
 
 The output matches pgflow's ``compileFlow``: one ``pgflow.create_flow`` call, then one
 ``pgflow.add_step`` call per step in declaration order, with options passed by name and only
-when set. Migrations written from it are interchangeable with those of pgflow's CLI.
+when set. Condition patterns are written as ``JSON.stringify`` writes them. Migrations written
+from it are interchangeable with those of pgflow's CLI.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
+
+from pydantic import JsonValue
 
 from ._flow import Flow, FlowOptions, StepDefinition
 
@@ -60,14 +67,24 @@ def _int(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-# Named add_step arguments, in the order pgflow writes them. Step conditions
-# (required_input_pattern, forbidden_input_pattern, when_unmet, when_exhausted) go
-# between start_delay and step_type when the DSL gains them.
+def _pattern(value: JsonValue | None) -> str | None:
+    return None if value is None else _text(stringify(value))
+
+
+def _mode(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+# Named add_step arguments, in the order pgflow writes them.
 _STEP_ARGUMENTS: tuple[_Argument, ...] = (
     ("max_attempts", lambda step: _int(step.options.max_attempts)),
     ("base_delay", lambda step: _int(step.options.base_delay)),
     ("timeout", lambda step: _int(step.options.timeout)),
     ("start_delay", lambda step: _int(step.options.start_delay)),
+    ("required_input_pattern", lambda step: _pattern(step.options.if_)),
+    ("forbidden_input_pattern", lambda step: _pattern(step.options.if_not)),
+    ("when_unmet", lambda step: _mode(step.options.when_unmet)),
+    ("when_exhausted", lambda step: _mode(step.options.when_exhausted)),
     ("step_type", lambda step: _text("map") if step.is_map else None),
 )
 
@@ -79,3 +96,66 @@ def _named(arguments: list[tuple[str, str]]) -> str:
 def _text(value: str) -> str:
     """A SQL string literal (standard-conforming: only single quotes need doubling)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+# -- JSON as JavaScript's JSON.stringify writes it ---------------------------------------------
+
+_ARRAY_INDEX = re.compile(r"0|[1-9][0-9]*")
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def stringify(value: JsonValue) -> str:
+    """``value`` as ``JSON.stringify`` writes it: no spaces, non-ASCII kept, and JavaScript's
+    number formatting and key order (integer-like keys first, in numeric order).
+
+    Integers are written in full, as jsonb stores them.
+    """
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _js_number(value)
+    if isinstance(value, str):
+        return _js_string(value)
+    if isinstance(value, list):
+        return "[" + ",".join(stringify(item) for item in value) + "]"
+    keys = sorted((k for k in value if _is_array_index(k)), key=int)
+    keys += [k for k in value if not _is_array_index(k)]
+    return "{" + ",".join(f"{_js_string(k)}:{stringify(value[k])}" for k in keys) + "}"
+
+
+def _is_array_index(key: str) -> bool:
+    return _ARRAY_INDEX.fullmatch(key) is not None and int(key) < 2**32 - 1
+
+
+def _js_string(text: str) -> str:
+    quoted = json.dumps(text, ensure_ascii=False)
+    # JSON.stringify escapes lone surrogates (json.dumps would leave them unencodable).
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
+
+
+def _js_number(number: float) -> str:
+    """ECMAScript's Number::toString: the shortest round-trip digits, in its notation."""
+    if not math.isfinite(number):
+        return "null"
+    if number == 0:
+        return "0"
+    sign = "-" if number < 0 else ""
+    exact = Decimal(repr(abs(number))).normalize()
+    digits = "".join(map(str, exact.as_tuple().digits))
+    k = len(digits)
+    n = int(exact.as_tuple().exponent) + k  # number == 0.<digits> * 10**n
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * -n + digits
+    exponent = n - 1
+    mantissa = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{sign}{mantissa}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"

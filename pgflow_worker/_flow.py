@@ -3,6 +3,10 @@
 A :class:`Flow` is a registry. Its decorators check every rule pgflow's SQL enforces as soon as a
 step is declared, so a bad definition fails at import time with a message naming the flow, the
 step and the rule, not later inside the database.
+
+Steps may carry conditions (pgflow 0.14): ``if_`` / ``if_not`` are JSON patterns matched with
+Postgres' ``@>`` containment against the step's input when it becomes ready, ``when_unmet`` says
+what an unmet condition does and ``when_exhausted`` what a task that ran out of attempts does.
 """
 
 from __future__ import annotations
@@ -12,16 +16,34 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, TypeVar, overload
+from typing import Any, Literal, TypeAlias, TypeVar, cast, overload
 
 from pydantic import BaseModel, JsonValue, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from .errors import FlowDefinitionError, HandlerInputError, HandlerOutputError, StepNotFound
 
-__all__ = ["Flow", "FlowOptions", "StepDefinition", "StepOptions", "StepRef", "StepType"]
+__all__ = [
+    "Flow",
+    "FlowOptions",
+    "JsonPattern",
+    "StepDefinition",
+    "StepOptions",
+    "StepRef",
+    "StepType",
+    "WhenExhaustedMode",
+    "WhenUnmetMode",
+]
 
 StepType: TypeAlias = Literal["single", "map"]
+WhenUnmetMode: TypeAlias = Literal["fail", "skip", "skip-cascade"]
+"""What an unmet condition does: fail the step and the run, skip the step (its dependents run
+without it), or skip it and every step downstream of it."""
+WhenExhaustedMode: TypeAlias = Literal["fail", "skip", "skip-cascade"]
+"""What a task out of attempts does: fail the step and the run, or skip the step (alone, or
+with every step downstream of it) and let the run go on."""
+JsonPattern: TypeAlias = Mapping[str, Any]
+"""A condition: a JSON object the step's input must contain (Postgres ``jsonb @>``)."""
 StepRef: TypeAlias = str | Callable[..., Any]
 """A step named by its slug, or by the handler function it was declared with."""
 
@@ -35,6 +57,7 @@ _SLUG = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _RESERVED_SLUGS = frozenset({"run"})
 _INT4_MAX = 2_147_483_647
 _MINIMUMS = {"max_attempts": 1, "base_delay": 1, "timeout": 3, "start_delay": 0}
+_MODES: tuple[str, ...] = ("fail", "skip", "skip-cascade")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +71,36 @@ class FlowOptions:
 
 @dataclass(frozen=True, slots=True)
 class StepOptions:
-    """Per-step overrides; ``None`` inherits the flow's value (start delay: none)."""
+    """Per-step overrides; ``None`` inherits the flow's value (start delay: none).
+
+    For the conditions, ``None`` means unset: no pattern, ``when_unmet`` 'skip' and
+    ``when_exhausted`` 'fail' (pgflow's defaults).
+    """
 
     max_attempts: int | None = None
     base_delay: int | None = None
     timeout: int | None = None
     start_delay: int | None = None
+    if_: dict[str, JsonValue] | None = None
+    """The input must contain this pattern for the step to run (pgflow's ``if``)."""
+    if_not: dict[str, JsonValue] | None = None
+    """The input must not contain this pattern for the step to run (pgflow's ``ifNot``)."""
+    when_unmet: WhenUnmetMode | None = None
+    when_exhausted: WhenExhaustedMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    """Step options as passed to a decorator, before they are checked."""
+
+    max_attempts: object
+    base_delay: object
+    timeout: object
+    start_delay: object
+    if_: object
+    if_not: object
+    when_unmet: object
+    when_exhausted: object
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +111,12 @@ class StepDefinition:
     ``{dep_slug: output}`` of its dependencies (dependent single step), or one element of the
     array it maps over (map step). It also receives the task context when it takes two
     positional parameters.
+
+    Only dependencies that completed are in that object: one that was skipped (an unmet
+    condition, or ``when_exhausted='skip'``) is simply absent, so a handler depending on a
+    skippable step should read it with ``input.get(slug)``. A map step whose only dependency
+    was skipped runs no task and outputs ``[]``. With ``'skip-cascade'`` the dependents are
+    skipped too, so a handler that runs always finds the dependency.
     """
 
     flow_slug: str
@@ -135,8 +188,19 @@ class Flow:
         @flow.step(depends_on=[full_name], timeout=30)
         async def greeting(input): ...
 
+        @flow.step(depends_on=[greeting], if_={"full_name": "Ada Lovelace"})
+        def celebrate(input): ...
+
     Decorators return the handler unchanged. Dependencies must be declared before the steps
     that use them, as pgflow requires; they are named by slug or by handler function.
+
+    Conditions are checked when a step's dependencies are done: ``if_`` (the input must
+    contain this JSON pattern) and ``if_not`` (it must not) are matched with ``jsonb @>``
+    against the flow input for a root step, or against ``{dep_slug: output}`` of its completed
+    dependencies otherwise. ``when_unmet`` decides what an unmet condition does ('skip', the
+    default; 'skip-cascade'; 'fail'), ``when_exhausted`` what a task out of attempts does
+    ('fail', the default; 'skip'; 'skip-cascade'). A skipped dependency is absent from its
+    dependents' input, and a skipped leaf step from the run's output.
     """
 
     def __init__(
@@ -193,6 +257,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> H: ...
 
     @overload
@@ -207,6 +275,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Callable[[H], H]: ...
 
     def step(
@@ -220,14 +292,22 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Any:
         """Declare a single step: ``@flow.step``, ``@flow.step(...)`` or ``flow.step(fn, ...)``.
 
         The slug is the first positional argument, ``slug=``, or the function's name. The
         handler gets the flow input when the step has no dependencies, otherwise the object
-        ``{dep_slug: output}`` of its dependencies.
+        ``{dep_slug: output}`` of its completed dependencies (skipped ones are absent).
+        ``if_`` / ``if_not`` / ``when_unmet`` / ``when_exhausted`` are the step's conditions
+        (see :class:`Flow`).
         """
-        options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+        options = _Declared(
+            max_attempts, base_delay, timeout, start_delay, if_, if_not, when_unmet, when_exhausted
+        )
         return self._declare(target, slug, "single", False, depends_on, None, options)
 
     @overload
@@ -242,6 +322,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> H: ...
 
     @overload
@@ -256,6 +340,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Callable[[H], H]: ...
 
     def array(
@@ -269,12 +357,18 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Any:
         """Declare a step whose output is a list, for a map step to fan out over.
 
         At runtime it is exactly a single step; the name documents intent.
         """
-        options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+        options = _Declared(
+            max_attempts, base_delay, timeout, start_delay, if_, if_not, when_unmet, when_exhausted
+        )
         return self._declare(target, slug, "single", True, depends_on, None, options)
 
     @overload
@@ -290,6 +384,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> H: ...
 
     @overload
@@ -305,6 +403,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Callable[[H], H]: ...
 
     def map(
@@ -319,14 +421,25 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         start_delay: int | None = None,
+        if_: JsonPattern | None = None,
+        if_not: JsonPattern | None = None,
+        when_unmet: WhenUnmetMode | None = None,
+        when_exhausted: WhenExhaustedMode | None = None,
     ) -> Any:
         """Declare a map step: one task per element, the handler gets one element.
 
         With ``array=`` (a slug or step function) it maps over that step's list output;
         without it, it is a root map over the flow input, which must then be a list.
         A map step has exactly that one source, so ``depends_on`` is refused.
+
+        Conditions see ``{source_slug: list}`` for a dependent map, and the flow input list
+        itself for a root map (which never contains an object pattern: ``if_`` is then
+        never met and ``if_not`` always is). When the source step was skipped, the map has
+        no element to process and completes with ``[]``.
         """
-        options = StepOptions(max_attempts, base_delay, timeout, start_delay)
+        options = _Declared(
+            max_attempts, base_delay, timeout, start_delay, if_, if_not, when_unmet, when_exhausted
+        )
         return self._declare(target, slug, "map", False, depends_on, array, options)
 
     # -- introspection ------------------------------------------------------------------------
@@ -356,7 +469,7 @@ class Flow:
         is_array: bool,
         depends_on: StepRef | Iterable[StepRef] | None,
         array: StepRef | None,
-        options: StepOptions,
+        options: _Declared,
     ) -> Any:
         if callable(target):
             self._add(target, slug, step_type, is_array, depends_on, array, options)
@@ -389,7 +502,7 @@ class Flow:
         is_array: bool,
         depends_on: StepRef | Iterable[StepRef] | None,
         array: StepRef | None,
-        options: StepOptions,
+        options: _Declared,
     ) -> None:
         if slug is None:
             slug = self._slug_from_name(handler)
@@ -429,6 +542,16 @@ class Flow:
             base_delay=_check_option("base_delay", options.base_delay, flow_slug, slug),
             timeout=_check_option("timeout", options.timeout, flow_slug, slug),
             start_delay=_check_option("start_delay", options.start_delay, flow_slug, slug),
+            if_=_check_pattern("if_", options.if_, flow_slug, slug),
+            if_not=_check_pattern("if_not", options.if_not, flow_slug, slug),
+            when_unmet=cast(
+                "WhenUnmetMode | None",
+                _check_mode("when_unmet", options.when_unmet, flow_slug, slug),
+            ),
+            when_exhausted=cast(
+                "WhenExhaustedMode | None",
+                _check_mode("when_exhausted", options.when_exhausted, flow_slug, slug),
+            ),
         )
         wants_context, is_async, input_model = _inspect_handler(handler, flow_slug, slug)
         self._steps[slug] = StepDefinition(
@@ -575,6 +698,45 @@ def _check_option(
             step_slug=step_slug,
         )
     return int(value)
+
+
+def _check_pattern(
+    name: str, value: object, flow_slug: str, step_slug: str
+) -> dict[str, JsonValue] | None:
+    """A condition pattern as a plain JSON object (a private copy), or a FlowDefinitionError."""
+    if value is None:
+        return None
+    where = _where(flow_slug, step_slug)
+    if not isinstance(value, Mapping):
+        raise FlowDefinitionError(
+            f"{where}: {name} must be a JSON object pattern (a dict with str keys), "
+            f"got {type(value).__name__}",
+            flow_slug=flow_slug,
+            step_slug=step_slug,
+        )
+    try:
+        plain = _to_json(value, name, set())
+    except _NotJson as exc:
+        raise FlowDefinitionError(
+            f"{where}: {name} must be JSON, but holds {exc.what} at {exc.path}",
+            flow_slug=flow_slug,
+            step_slug=step_slug,
+        ) from None
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _check_mode(name: str, value: object, flow_slug: str, step_slug: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in _MODES:
+        raise FlowDefinitionError(
+            f"{_where(flow_slug, step_slug)}: {name} must be 'fail', 'skip' or 'skip-cascade', "
+            f"got {value!r}",
+            flow_slug=flow_slug,
+            step_slug=step_slug,
+        )
+    return value
 
 
 def _inspect_handler(

@@ -1,9 +1,10 @@
 """Flow shapes: compare a flow's definition with the one stored in the database, and reconcile.
 
 A shape is the structure that decides how runs execute: the steps in order, their types and
-dependencies (and, in newer pgflow, their conditions). It is the same JSON pgflow's
-``extractFlowShape`` and ``_get_flow_shape`` produce. Options (attempts, delays, timeouts) ride
-along but are not part of the comparison: they can change without touching existing runs.
+dependencies, and their conditions (``whenUnmet``, ``whenExhausted``, both input patterns). It
+is the same JSON pgflow's ``extractFlowShape`` and ``_get_flow_shape`` produce. Options
+(attempts, delays, timeouts) ride along but are not part of the comparison: they can change
+without touching existing runs.
 """
 
 from __future__ import annotations
@@ -104,14 +105,15 @@ def flow_shape(flow: Flow) -> FlowShape:
     """The shape of a flow definition, as pgflow's ``extractFlowShape`` builds it."""
     steps: list[StepShape] = []
     for step in flow.steps:
+        options = step.options
         shape: StepShape = {
             "slug": step.slug,
             "stepType": step.step_type,
             "dependencies": sorted(step.dependencies),
-            "whenUnmet": "skip",
-            "whenExhausted": "fail",
-            "requiredInputPattern": {"defined": False},
-            "forbiddenInputPattern": {"defined": False},
+            "whenUnmet": options.when_unmet or "skip",
+            "whenExhausted": options.when_exhausted or "fail",
+            "requiredInputPattern": _pattern(options.if_),
+            "forbiddenInputPattern": _pattern(options.if_not),
         }
         step_options: StepOptionsShape = {}
         for key, attr in _STEP_OPTIONS:
@@ -250,9 +252,22 @@ def _compare_steps(i: int, a: StepShape, b: StepShape) -> list[str]:
         if a.get(key) != b.get(key):
             out.append(f"{where}: {key} differs '{a.get(key)}' vs '{b.get(key)}'")
     for key in ("requiredInputPattern", "forbiddenInputPattern"):
-        if a.get(key) != b.get(key):
+        if not _same_json(a.get(key), b.get(key)):
             out.append(f"{where}: {key} differs '{_json(a.get(key))}' vs '{_json(b.get(key))}'")
     return out
+
+
+def _same_json(a: object, b: object) -> bool:
+    """Equality as jsonb sees it: numbers by value (1 == 1.0), but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 async def ensure_flow(

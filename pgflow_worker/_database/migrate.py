@@ -91,9 +91,22 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
         ) from exc
 
 
-def migrate(conninfo: str | psycopg.Connection[Any]) -> MigrationReport:
-    """Bring a database up to date with pgflow-py's SQL; safe to run any number of times."""
+def migrate(
+    conninfo: str | psycopg.Connection[Any], *, target: str | None = None
+) -> MigrationReport:
+    """Bring a database up to date with pgflow-py's SQL; safe to run any number of times.
+
+    ``target`` (a version such as ``"0001"``) stops after that migration instead of the last.
+    """
     report = MigrationReport()
+    migrations = list_migrations()
+    if target is not None:
+        versions = [m.version for m in migrations]
+        if target not in versions:
+            raise MigrationError(
+                f"there is no migration {target!r} to stop at (known: {', '.join(versions)})"
+            )
+        migrations = migrations[: versions.index(target) + 1]
     conn = psycopg.connect(conninfo, autocommit=True) if isinstance(conninfo, str) else conninfo
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
@@ -107,7 +120,7 @@ def migrate(conninfo: str | psycopg.Connection[Any]) -> MigrationReport:
                 row[0]: row[1]
                 for row in conn.execute(b"select version, checksum from pgflow.migrations")
             }
-            for migration in list_migrations():
+            for migration in migrations:
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:
                         log.warning(

@@ -12,7 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgflow_worker._compiler import _text, compile_flow, migration_filename, render_migration
+from pgflow_worker._compiler import (
+    _text,
+    compile_flow,
+    migration_filename,
+    render_migration,
+    stringify,
+)
 from pgflow_worker._flow import Flow
 from tests._stack import TemplateUnavailable, _npm_package
 
@@ -255,3 +261,112 @@ def _assert_stored(conn: psycopg.Connection[Any], flow: Flow) -> None:
     )
     queue = conn.execute("select 1 from pgmq.meta where queue_name = %s", (flow.slug,)).fetchone()
     assert queue == (1,), f"create_flow should create the pgmq queue {flow.slug!r}"
+
+
+# -- conditions (pgflow 0.14; the npm @pgflow/dsl 0.8.1 predates them) --------------------------
+#
+# The expected strings follow pgflow's compileFlow source: the four condition arguments come
+# after start_delay and before step_type, only when set, patterns as JSON.stringify writes
+# them, every literal with its single quotes doubled.
+
+
+def test_compiles_conditions_in_pgflow_order() -> None:
+    flow = Flow("conditional", max_attempts=2)
+
+    @flow.step(if_={"plan": "pro", "n": 1.0}, when_unmet="fail")
+    def gate(input: Any) -> Any: ...
+
+    @flow.array(depends_on=[gate], if_not={"gate": {"note": "it's"}}, when_exhausted="skip")
+    def items(deps: Any) -> Any: ...
+
+    @flow.map(
+        array=items,
+        max_attempts=3,
+        base_delay=1,
+        timeout=9,
+        start_delay=2,
+        if_={"items": [1]},
+        if_not={"items": []},
+        when_unmet="skip-cascade",
+        when_exhausted="skip-cascade",
+    )
+    def each(item: Any) -> Any: ...
+
+    @flow.step(depends_on=[each], when_unmet="skip", when_exhausted="fail")
+    def defaults_spelled_out(deps: Any) -> Any: ...
+
+    assert compile_flow(flow) == [
+        "SELECT pgflow.create_flow('conditional', max_attempts => 2);",
+        "SELECT pgflow.add_step('conditional', 'gate', "
+        """required_input_pattern => '{"plan":"pro","n":1}', when_unmet => 'fail');""",
+        "SELECT pgflow.add_step('conditional', 'items', ARRAY['gate'], "
+        """forbidden_input_pattern => '{"gate":{"note":"it''s"}}', when_exhausted => 'skip');""",
+        "SELECT pgflow.add_step('conditional', 'each', ARRAY['items'], max_attempts => 3, "
+        "base_delay => 1, timeout => 9, start_delay => 2, "
+        """required_input_pattern => '{"items":[1]}', forbidden_input_pattern => '{"items":[]}', """
+        "when_unmet => 'skip-cascade', when_exhausted => 'skip-cascade', step_type => 'map');",
+        "SELECT pgflow.add_step('conditional', 'defaults_spelled_out', ARRAY['each'], "
+        "when_unmet => 'skip', when_exhausted => 'fail');",
+    ]
+
+
+def test_pattern_json_is_written_like_json_stringify() -> None:
+    assert stringify({"b": 1, "a": {"x": [True, None, 2.5]}}) == '{"b":1,"a":{"x":[true,null,2.5]}}'
+    assert stringify({"z": 0, "10": 1, "2": 2}) == '{"2":2,"10":1,"z":0}', "index keys first"
+    assert stringify({"s": 'é\n"\\\u0001'}) == '{"s":"é\\n\\"\\\\\\u0001"}'
+    assert stringify(1e21) == "1e+21"
+    assert stringify(1e-7) == "1e-7"
+    assert stringify(100.0) == "100"
+    assert stringify(-0.0) == "0"
+    assert stringify(2**70) == str(2**70), "integers are written in full"
+
+
+STRINGIFY_CASES: list[Any] = [
+    {"b": 1, "2": 2, "1": 3, "01": 4, "-1": 5, "4294967294": 6, "4294967295": 7, "a": {"10": 1}},
+    [1.0, 0.1, 1e21, 1e20, 1.2345678901234568e20, 1e-6, 1e-7, 1.5e-7, -0.0, -2.5, 1e16, 5e-324],
+    [1.7976931348623157e308, 12345.678, 0.000123, 123e-20, -1e-300],
+    "quotes ' \" backslash \\ controls \b\f\n\r\t\u0001\u001f\u007f unicode é 😀 \u2028\u2029",
+    [True, False, None, 0, -5, [], {}],
+]
+
+
+def test_pattern_json_matches_node() -> None:
+    """stringify agrees with the real JSON.stringify (node) on numbers, keys and escapes."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed, so JSON.stringify cannot be run")
+    result = subprocess.run(
+        [
+            node,
+            "-e",
+            "const vs = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+            "process.stdout.write(JSON.stringify(vs.map((v) => JSON.stringify(v))));",
+        ],
+        input=json.dumps(STRINGIFY_CASES),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [stringify(v) for v in STRINGIFY_CASES] == json.loads(result.stdout)
+
+
+def test_compiled_conditions_build_the_flow_in_postgres(db_url: str) -> None:
+    flow = Flow("conditional_sql")
+    flow.step(_identity, slug="gate", if_={"plan": "pro", "note": "it's"}, when_unmet="fail")
+    flow.array(_identity, slug="items", depends_on=["gate"], when_exhausted="skip-cascade")
+    flow.map(_identity, slug="each", array="items", if_not={"items": []}, when_unmet="skip")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in compile_flow(flow):
+            conn.execute(statement.encode())
+        rows = conn.execute(
+            "select step_slug, required_input_pattern, forbidden_input_pattern, when_unmet,"
+            " when_exhausted from pgflow.steps where flow_slug = 'conditional_sql'"
+            " order by step_index"
+        ).fetchall()
+        _assert_stored(conn, flow)
+    assert rows == [
+        ("gate", {"plan": "pro", "note": "it's"}, None, "fail", "fail"),
+        ("items", None, None, "skip", "skip-cascade"),
+        ("each", None, {"items": []}, "skip", "fail"),
+    ]

@@ -461,6 +461,117 @@ def test_failed_declaration_leaves_the_flow_unchanged() -> None:
     assert [s.slug for s in flow.steps] == ["bad"]
 
 
+# -- conditions ---------------------------------------------------------------------------------
+
+
+def test_conditions_are_recorded_on_every_kind_of_step() -> None:
+    flow = Flow("conds")
+
+    @flow.step(if_={"plan": "pro"}, when_unmet="fail")
+    def gate(input: Any) -> Any: ...
+
+    @flow.array(depends_on=[gate], if_not={"gate": {"empty": True}}, when_exhausted="skip")
+    def items(deps: Any) -> Any: ...
+
+    @flow.map(
+        array=items,
+        if_={"items": [1]},
+        if_not={"items": [0]},
+        when_unmet="skip-cascade",
+        when_exhausted="skip-cascade",
+        max_attempts=2,
+    )
+    def each(item: Any) -> Any: ...
+
+    @flow.step(depends_on=[each])
+    def plain(deps: Any) -> Any: ...
+
+    assert flow.get_step("gate").options == StepOptions(if_={"plan": "pro"}, when_unmet="fail")
+    assert flow.get_step("items").options == StepOptions(
+        if_not={"gate": {"empty": True}}, when_exhausted="skip"
+    )
+    assert flow.get_step("each").options == StepOptions(
+        max_attempts=2,
+        if_={"items": [1]},
+        if_not={"items": [0]},
+        when_unmet="skip-cascade",
+        when_exhausted="skip-cascade",
+    )
+    options = flow.get_step("plain").options
+    assert (options.if_, options.if_not, options.when_unmet, options.when_exhausted) == (
+        None,
+        None,
+        None,
+        None,
+    ), "unset: pgflow's defaults apply (skip when unmet, fail when exhausted)"
+
+
+def test_patterns_are_copied_as_plain_json() -> None:
+    pattern: dict[str, Any] = {"tags": ("a", "b"), "user": {"name": Size.SMALL, "age": Level.HIGH}}
+    flow = Flow("f")
+    flow.step(lambda input: input, slug="s", if_=pattern)
+    pattern["tags"] = ("changed",)
+    stored = flow.get_step("s").options.if_
+    assert stored == {"tags": ["a", "b"], "user": {"name": "s", "age": 3}}
+    assert type(stored["user"]["name"]) is str  # type: ignore[index]
+    assert type(stored["user"]["age"]) is int  # type: ignore[index]
+
+
+def test_an_empty_pattern_is_allowed() -> None:
+    flow = Flow("f")
+    flow.step(lambda input: input, slug="s", if_={}, if_not={})
+    assert (flow.get_step("s").options.if_, flow.get_step("s").options.if_not) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("if_", [1, 2], "if_ must be a JSON object pattern (a dict with str keys), got list"),
+        ("if_not", "x", "if_not must be a JSON object pattern (a dict with str keys), got str"),
+        ("if_", 1, "if_ must be a JSON object pattern (a dict with str keys), got int"),
+        ("if_", {1: "a"}, "if_ must be JSON, but holds int key 1 (keys must be str) at if_"),
+        ("if_not", {"x": float("nan")}, "if_not must be JSON, but holds float nan at if_not['x']"),
+        (
+            "if_",
+            {"when": datetime.date(2024, 1, 1)},
+            "if_ must be JSON, but holds date at if_['when']",
+        ),
+        (
+            "when_unmet",
+            "ignore",
+            "when_unmet must be 'fail', 'skip' or 'skip-cascade', got 'ignore'",
+        ),
+        ("when_unmet", "SKIP", "when_unmet must be 'fail', 'skip' or 'skip-cascade', got 'SKIP'"),
+        (
+            "when_exhausted",
+            "retry",
+            "when_exhausted must be 'fail', 'skip' or 'skip-cascade', got 'retry'",
+        ),
+        (
+            "when_exhausted",
+            True,
+            "when_exhausted must be 'fail', 'skip' or 'skip-cascade', got True",
+        ),
+    ],
+)
+def test_invalid_conditions(option: str, value: Any, rule: str) -> None:
+    flow = Flow("f")
+    with pytest.raises(FlowDefinitionError) as info:
+        flow.step(lambda input: input, slug="s", **{option: value})
+    assert str(info.value) == f"flow 'f', step 's': {rule}"
+    assert (info.value.flow_slug, info.value.step_slug) == ("f", "s")
+    assert flow.steps == ()
+
+
+def test_invalid_conditions_on_maps_and_arrays() -> None:
+    flow = Flow("f")
+    with pytest.raises(FlowDefinitionError, match="step 'm': when_exhausted must be"):
+        flow.map(lambda item: item, slug="m", when_exhausted="never")  # type: ignore[arg-type]
+    with pytest.raises(FlowDefinitionError, match="step 'a': if_not must be a JSON object"):
+        flow.array(lambda input: input, slug="a", if_not=[1])  # type: ignore[arg-type]
+    assert flow.steps == ()
+
+
 # -- handlers -----------------------------------------------------------------------------------
 
 

@@ -437,3 +437,124 @@ async def _wait_for_lock_waiters(conn: psycopg.AsyncConnection[Any], count: int)
             if row is not None and row[0] >= count:
                 return
             await asyncio.sleep(0.01)
+
+
+# -- conditions -----------------------------------------------------------------------------------
+
+
+def conditional_flow(**changes: Any) -> Flow:
+    """gate (if_, fail when unmet) -> items (skip when exhausted) -> each (map, if_not)."""
+    options: dict[str, dict[str, Any]] = {
+        "gate": {"if_": {"plan": "pro", "n": 1}, "when_unmet": "fail"},
+        "items": {"when_exhausted": "skip", "timeout": 10},
+        "each": {"if_not": {"items": []}, "when_unmet": "skip-cascade"},
+    }
+    for slug, update in changes.items():
+        options[slug] = {**options[slug], **update}
+    flow = Flow("conditional")
+    flow.step(_identity, slug="gate", **options["gate"])
+    flow.array(_identity, slug="items", depends_on=["gate"], **options["items"])
+    flow.map(_identity, slug="each", array="items", **options["each"])
+    return flow
+
+
+def test_flow_shape_carries_conditions() -> None:
+    steps = flow_shape(conditional_flow())["steps"]
+    assert steps[0] == {
+        "slug": "gate",
+        "stepType": "single",
+        "dependencies": [],
+        "whenUnmet": "fail",
+        "whenExhausted": "fail",
+        "requiredInputPattern": {"defined": True, "value": {"plan": "pro", "n": 1}},
+        "forbiddenInputPattern": {"defined": False},
+    }
+    assert steps[1] == {
+        "slug": "items",
+        "stepType": "single",
+        "dependencies": ["gate"],
+        "whenUnmet": "skip",
+        "whenExhausted": "skip",
+        "requiredInputPattern": {"defined": False},
+        "forbiddenInputPattern": {"defined": False},
+        "options": {"timeout": 10},
+    }
+    assert steps[2]["whenUnmet"] == "skip-cascade"
+    assert steps[2]["forbiddenInputPattern"] == {"defined": True, "value": {"items": []}}
+    assert json.loads(json.dumps(steps)) == steps
+
+
+def test_patterns_compare_like_jsonb() -> None:
+    """Numbers compare by value (jsonb stores 1.0 and 1 as equal), but true is not 1."""
+    local = flow_shape(conditional_flow(gate={"if_": {"plan": "pro", "n": 1.0}}))
+    assert compare_flow_shapes(local, flow_shape(conditional_flow())) == []
+    as_bool = flow_shape(conditional_flow(gate={"if_": {"plan": "pro", "n": True}}))
+    assert compare_flow_shapes(as_bool, flow_shape(conditional_flow())) == [
+        "Step at index 0: requiredInputPattern differs "
+        '\'{"defined": true, "value": {"plan": "pro", "n": true}}\' vs '
+        '\'{"defined": true, "value": {"plan": "pro", "n": 1}}\''
+    ]
+    reordered = flow_shape(conditional_flow(gate={"if_": {"n": 1, "plan": "pro"}}))
+    assert compare_flow_shapes(reordered, flow_shape(conditional_flow())) == []
+    listed = flow_shape(conditional_flow(each={"if_not": {"items": [1, 2]}}))
+    swapped = flow_shape(conditional_flow(each={"if_not": {"items": [2, 1]}}))
+    assert compare_flow_shapes(listed, swapped) == [
+        "Step at index 2: forbiddenInputPattern differs "
+        '\'{"defined": true, "value": {"items": [1, 2]}}\' vs '
+        '\'{"defined": true, "value": {"items": [2, 1]}}\''
+    ]
+
+
+async def test_conditions_round_trip_through_the_database(
+    aconn: psycopg.AsyncConnection[Any],
+) -> None:
+    flow = conditional_flow()
+    assert (await ensure_flow(aconn, flow)).status == "created"
+    stored = await read_flow_shape(aconn, "conditional")
+    assert stored is not None
+    assert stored["steps"] == flow_shape(flow)["steps"]
+    assert (await ensure_flow(aconn, flow)).status == "verified"
+    tuned = conditional_flow(items={"timeout": 20})
+    assert (await ensure_flow(aconn, tuned)).updated_options == ("step 'items' timeout: 10 -> 20",)
+
+
+@pytest.mark.parametrize(
+    ("changes", "difference"),
+    [
+        (
+            {"gate": {"when_unmet": "skip"}},
+            "Step at index 0: whenUnmet differs 'skip' vs 'fail'",
+        ),
+        (
+            {"items": {"when_exhausted": None}},
+            "Step at index 1: whenExhausted differs 'fail' vs 'skip'",
+        ),
+        (
+            {"gate": {"if_": {"plan": "free", "n": 1}}},
+            "Step at index 0: requiredInputPattern differs "
+            '\'{"defined": true, "value": {"plan": "free", "n": 1}}\' vs '
+            # read back from jsonb, whose key order is its own
+            '\'{"defined": true, "value": {"n": 1, "plan": "pro"}}\'',
+        ),
+        (
+            {"each": {"if_not": None}},
+            "Step at index 2: forbiddenInputPattern differs "
+            '\'{"defined": false}\' vs \'{"defined": true, "value": {"items": []}}\'',
+        ),
+    ],
+    ids=["when_unmet", "when_exhausted", "if", "if_not"],
+)
+async def test_changed_conditions_are_a_shape_mismatch(
+    aconn: psycopg.AsyncConnection[Any], changes: dict[str, Any], difference: str
+) -> None:
+    await ensure_flow(aconn, conditional_flow())
+    changed = conditional_flow(**changes)
+    with pytest.raises(FlowShapeMismatch) as info:
+        await ensure_flow(aconn, changed)
+    assert info.value.differences == [difference]
+
+    result = await ensure_flow(aconn, changed, recompile=True)
+    assert (result.status, result.differences) == ("recompiled", (difference,))
+    stored = await read_flow_shape(aconn, "conditional")
+    assert stored is not None
+    assert compare_flow_shapes(flow_shape(changed), stored) == []

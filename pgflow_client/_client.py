@@ -199,6 +199,14 @@ class PgflowClient:
         event = parse_broadcast(event_name, payload)
         if event is None:
             return
+        if event.run_id != run_id:
+            log.warning(
+                "dropped %s for run %s that arrived on the topic of run %s",
+                event_name,
+                event.run_id,
+                run_id,
+            )
+            return
         run = self._runs.get(event.run_id)
         if run is not None:
             run._apply_event(event)

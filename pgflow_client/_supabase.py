@@ -62,6 +62,7 @@ class SupabaseTransport:
         self._rejoin_backoff = rejoin_backoff
         self._subs: dict[str, _Subscription] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnector: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -148,6 +149,8 @@ class SupabaseTransport:
             log.info(
                 "run %s: realtime channel error (%s); waiting for the rejoin", sub.run_id, error
             )
+            if self._reconnector is None or self._reconnector.done():
+                self._reconnector = self._spawn(self._keep_connecting())
         elif state in (RealtimeSubscribeStates.CLOSED, RealtimeSubscribeStates.TIMED_OUT):
             log.info("run %s: realtime channel %s; rejoining", sub.run_id, state)
             if sub.rejoin_task is None or sub.rejoin_task.done():
@@ -169,6 +172,28 @@ class SupabaseTransport:
                 continue
             await self._hooks.resync(sub.run_id)
             return
+
+    async def _keep_connecting(self) -> None:
+        """Reconnect the socket for as long as it stays down.
+
+        realtime-py gives up after ``max_retries`` failed attempts and never tries again, so
+        after a long outage no channel would ever rejoin. Its connect lock makes calling
+        ``connect`` safe while its own retries still run; once connected, it rejoins the
+        errored channels, and each re-SUBSCRIBED channel resyncs its run.
+        """
+        realtime = self._supabase.realtime
+        delay = self._rejoin_backoff[0]
+        while not self._closed and self._subs:
+            await asyncio.sleep(delay)
+            if realtime.is_connected:
+                return
+            try:
+                await realtime.connect()
+            except Exception as exc:
+                delay = min(delay * 2, self._rejoin_backoff[1])
+                log.info("realtime is still unreachable (%s); retrying in %.1fs", exc, delay)
+            else:
+                return
 
     def after_start(self, run_id: str) -> None:
         """Schedule the background snapshot checks that stand in for a settle delay."""

@@ -10,6 +10,7 @@ the client refetches the snapshot and replays what it missed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,14 +61,35 @@ class Transport(Protocol):
         """Release every resource the transport opened."""
 
 
+#: ``\\u0000`` as JSON writes a NUL character: an odd run of backslashes before ``u0000``.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def check_json(flow_slug: str, value: Any) -> None:
-    """Refuse a flow input JSON cannot carry, before anything is sent or created."""
+    """Refuse a flow input JSON cannot carry, before anything is sent or created.
+
+    Beyond what ``json`` refuses (non-JSON types, NaN, Infinity), Postgres ``jsonb`` also
+    refuses lone surrogates (not encodable as UTF-8) and the ``\\u0000`` escape, and nesting
+    too deep to serialize would only fail later, inside the transport.
+    """
+    reason: str | None = None
     try:
-        json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        reason = "it is nested too deeply"
     except (TypeError, ValueError) as exc:
         reason = str(exc)
         if isinstance(exc, ValueError) and "compliant" in reason:
             reason = "NaN and Infinity have no JSON form"
+    else:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            reason = "it holds a lone surrogate, which UTF-8 cannot encode"
+        else:
+            if _NUL_ESCAPE.search(text):
+                reason = "it holds a NUL character (\\u0000), which Postgres jsonb refuses"
+    if reason is not None:
         raise InvalidFlowInput(
             f"the input for flow {flow_slug!r} is not JSON-serializable: {reason}",
             flow_slug=flow_slug,

@@ -17,7 +17,6 @@ import signal
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
 import psycopg
@@ -85,7 +84,7 @@ class FlowWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._runner: asyncio.Task[None] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads_started = 0
         self._client: PgflowSqlClient | None = None
         self.completed = 0
         self.failed = 0
@@ -141,10 +140,6 @@ class FlowWorker:
                 f"{describe_dsn(self.dsn)}: {redact(str(exc)).strip()}"
             ) from None
         client = self._client = PgflowSqlClient(pool)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.max_concurrent + 2,
-            thread_name_prefix=f"pgflow-{self.flow.slug}",
-        )
         inputs = FlowInputCache(client)
         removers: list[Callable[[], None]] = []
         try:
@@ -177,7 +172,6 @@ class FlowWorker:
         finally:
             for remove in removers:
                 remove()
-            self._executor.shutdown(wait=False, cancel_futures=True)
             await pool.close()
 
     async def _prepare(self, client: PgflowSqlClient) -> None:
@@ -380,9 +374,9 @@ class FlowWorker:
                 async with asyncio.timeout(timeout):
                     result = await step.handler(*args)
             else:
-                assert self._executor is not None
-                call = functools.partial(step.handler, *args)
-                future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+                self._threads_started += 1
+                name = f"pgflow-{self.flow.slug}-{self._threads_started}"
+                future = _run_in_thread(functools.partial(step.handler, *args), name)
                 result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             current = asyncio.current_task()
@@ -440,6 +434,38 @@ class FlowWorker:
                 "%s task(s) did not finish in time; they will be retried after their timeout",
                 len(pending),
             )
+
+
+def _run_in_thread(call: Callable[[], Any], name: str) -> asyncio.Future[Any]:
+    """Run a sync handler on a daemon thread of its own; its outcome arrives as a future.
+
+    Not a thread pool: a handler that never returns cannot be stopped, and in a pool it would
+    hold a pool thread for good (starving later handlers) and block the process's exit. A
+    daemon thread is simply abandoned once its timeout has passed.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # timed out or cancelled meanwhile: nobody wants the outcome
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = call()
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they fail the task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: the worker stopped
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return future
 
 
 def _remove_signal_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:

@@ -1,8 +1,9 @@
-"""Supabase Realtime's websocket endpoint: Phoenix v1 JSON frames, channels, and broadcast routing.
+"""Supabase Realtime's websocket endpoint: Phoenix frames, channels, and broadcast routing.
 
 Clients join ``realtime:<name>`` topics; database messages and client broadcasts for ``<name>``
 go to every socket joined to it. As in Supabase, public and private channels are separate: a
 message sent with ``private`` reaches only channels joined with the same ``private`` flag.
+Each socket speaks the wire format its ``vsn`` query parameter asks for (1.0.0 by default).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ._serializers import SERIALIZERS, FrameError, Serializer
+
 logger = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "realtime:"
+DEFAULT_VSN = "1.0.0"
 _CLOSE_SECONDS = 2.0  # how long a server-side close waits for the client's close frame
 
 
@@ -41,6 +45,7 @@ class _Socket:
 
     ws: web.WebSocketResponse
     request: web.Request
+    serializer: Serializer
     joins: dict[str, _Join] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -51,27 +56,39 @@ class _Socket:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.send_str(frame)
 
-    async def reply(self, topic: str, ref: Any, status: str, response: dict[str, Any]) -> None:
-        await self.send(
-            json.dumps(
-                {
-                    "event": "phx_reply",
-                    "topic": topic,
-                    "ref": ref,
-                    "payload": {"status": status, "response": response},
-                }
-            )
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        await self.send(self.serializer.encode(frame))
+
+    async def reply(
+        self,
+        topic: str,
+        ref: Any,
+        status: str,
+        response: dict[str, Any],
+        *,
+        join_ref: Any = None,
+    ) -> None:
+        await self.send_frame(
+            {
+                "event": "phx_reply",
+                "topic": topic,
+                "ref": ref,
+                "join_ref": join_ref,
+                "payload": {"status": status, "response": response},
+            }
         )
 
 
-def broadcast_frame(topic: str, event: str, payload_json: str, message_id: str | None) -> str:
+def broadcast_frame(
+    topic: str,
+    event: str,
+    payload_json: str,
+    message_id: str | None,
+    serializer: Serializer = SERIALIZERS[DEFAULT_VSN],
+) -> str:
     """A server broadcast frame; ``payload_json`` is spliced in as-is to keep it byte-exact."""
     meta = f',"meta":{json.dumps({"id": message_id})}' if message_id is not None else ""
-    return (
-        f'{{"event":"broadcast","topic":{json.dumps(TOPIC_PREFIX + topic)},"ref":null,'
-        f'"payload":{{"type":"broadcast","event":{json.dumps(event)},'
-        f'"payload":{payload_json}{meta}}}}}'
-    )
+    return serializer.broadcast(TOPIC_PREFIX + topic, event, payload_json, meta)
 
 
 class RealtimeHub:
@@ -147,13 +164,18 @@ class RealtimeHub:
         sender: _Socket | None = None,
     ) -> int:
         """Send a broadcast to the joins of ``topic`` with the same privacy; returns how many."""
-        frame = broadcast_frame(topic, event, payload_json, message_id)
+        frames: dict[int, str] = {}
         targets = [
             join
             for join in self._topics.get(TOPIC_PREFIX + topic, ())
             if join.private == private and (join.socket is not sender or join.self_broadcast)
         ]
         for join in targets:
+            serializer = join.socket.serializer
+            frame = frames.get(id(serializer))
+            if frame is None:
+                frame = broadcast_frame(topic, event, payload_json, message_id, serializer)
+                frames[id(serializer)] = frame
             await join.socket.send(frame)
         return len(targets)
 
@@ -164,29 +186,33 @@ class RealtimeHub:
             self.refused_connections += 1
             await self._notify()
             return web.Response(status=503, text="realtime is paused")
+        vsn = request.query.get("vsn", DEFAULT_VSN)
+        serializer = SERIALIZERS.get(vsn)
+        if serializer is None:
+            return web.Response(status=400, text=f"unsupported vsn {vsn!r}")
         ws = web.WebSocketResponse(autoping=True, timeout=_CLOSE_SECONDS)
         await ws.prepare(request)
-        socket = _Socket(ws, request)
+        socket = _Socket(ws, request, serializer)
         self._sockets.add(socket)
         self.accepted_connections += 1
         await self._notify()
         try:
             async for message in ws:
-                if message.type != WSMsgType.TEXT:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     continue
                 try:
-                    frame = json.loads(message.data)
-                except ValueError:
-                    logger.warning("realtime: ignoring a frame that is not JSON: %r", message.data)
+                    frame = serializer.decode(message.data)
+                except FrameError as exc:
+                    logger.warning("realtime: ignoring a frame (vsn %s): %s", vsn, exc)
                     continue
-                if isinstance(frame, dict):
-                    await self._on_frame(socket, frame)
+                await self._on_frame(socket, frame)
         finally:
             await self._forget(socket)
         return ws
 
     async def _on_frame(self, socket: _Socket, frame: dict[str, Any]) -> None:
         topic, event, ref = frame.get("topic"), frame.get("event"), frame.get("ref")
+        join_ref = frame.get("join_ref")
         payload = frame.get("payload")
         payload = payload if isinstance(payload, dict) else {}
         if not isinstance(topic, str) or not isinstance(event, str):
@@ -198,28 +224,31 @@ class RealtimeHub:
                 await socket.reply(topic, ref, "error", {"reason": "unmatched topic"})
             return
         if event == "phx_join":
-            await self._join(socket, topic, ref, frame.get("join_ref"), payload)
+            await self._join(socket, topic, ref, join_ref, payload)
             return
         join = socket.joins.get(topic)
         if join is None:
-            await socket.reply(topic, ref, "error", {"reason": "unmatched topic"})
+            reason = {"reason": "unmatched topic"}
+            await socket.reply(topic, ref, "error", reason, join_ref=join_ref)
         elif event == "phx_leave":
             await self._leave(join)
-            await socket.reply(topic, ref, "ok", {})
+            await socket.reply(topic, ref, "ok", {}, join_ref=join_ref)
         elif event == "access_token":
             return
         elif event == "broadcast":
             await self._client_broadcast(join, ref, payload)
         elif event == "presence":
-            await socket.reply(topic, ref, "ok", {})
+            await socket.reply(topic, ref, "ok", {}, join_ref=join_ref)
         else:
-            await socket.reply(topic, ref, "error", {"reason": f"unknown event {event!r}"})
+            reason = {"reason": f"unknown event {event!r}"}
+            await socket.reply(topic, ref, "error", reason, join_ref=join_ref)
 
     async def _join(
         self, socket: _Socket, topic: str, ref: Any, join_ref: Any, payload: dict[str, Any]
     ) -> None:
         if not topic.startswith(TOPIC_PREFIX):
-            await socket.reply(topic, ref, "error", {"reason": "unmatched topic"})
+            reason = {"reason": "unmatched topic"}
+            await socket.reply(topic, ref, "error", reason, join_ref=join_ref)
             return
         config = payload.get("config")
         config = config if isinstance(config, dict) else {}
@@ -246,11 +275,17 @@ class RealtimeHub:
             for index, binding in enumerate(bindings)
             if isinstance(binding, dict)
         ]
-        await socket.reply(topic, ref, "ok", {"postgres_changes": echoed})
+        await socket.reply(topic, ref, "ok", {"postgres_changes": echoed}, join_ref=join_ref)
         presence = config.get("presence")
         if isinstance(presence, dict) and presence.get("enabled"):
-            await socket.send(
-                json.dumps({"event": "presence_state", "topic": topic, "ref": None, "payload": {}})
+            await socket.send_frame(
+                {
+                    "event": "presence_state",
+                    "topic": topic,
+                    "ref": None,
+                    "join_ref": join_ref,
+                    "payload": {},
+                }
             )
 
     async def _leave(self, join: _Join) -> None:
@@ -267,7 +302,11 @@ class RealtimeHub:
         event = payload.get("event")
         if not isinstance(event, str):
             await join.socket.reply(
-                join.topic, ref, "error", {"reason": "broadcast needs an event"}
+                join.topic,
+                ref,
+                "error",
+                {"reason": "broadcast needs an event"},
+                join_ref=join.join_ref,
             )
             return
         await self.deliver(
@@ -278,7 +317,7 @@ class RealtimeHub:
             sender=join.socket,
         )
         if join.ack:
-            await join.socket.reply(join.topic, ref, "ok", {})
+            await join.socket.reply(join.topic, ref, "ok", {}, join_ref=join.join_ref)
 
     async def _http_broadcast(self, request: web.Request) -> web.StreamResponse:
         """Realtime's REST broadcast (``channel.http_send``): the body is the message payload."""

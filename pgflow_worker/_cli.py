@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pgflow_client._dsn import describe_dsn, redact, resolve_dsn
 
@@ -41,7 +42,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -396,6 +397,37 @@ def watch(
             return 0 if run.status.value == "completed" else 1
 
     raise typer.Exit(_run_async(go()))
+
+
+@app.command()
+def demo(
+    runs: Annotated[
+        int, typer.Option("--runs", "-n", min=1, max=50, help="Runs of each demo flow.")
+    ] = 3,
+    live: Annotated[
+        bool | None,
+        typer.Option(
+            "--live/--no-live",
+            help="Live table, or one line per event (default: live on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Wipe the demo's cached server and start afresh.")
+    ] = False,
+    db: DbOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each run.")] = 60.0,
+) -> None:
+    """Run pgflow end to end: a worker, live runs of two flows, their outputs and timings.
+
+    Uses --db or DATABASE_URL (and SUPABASE_URL with SUPABASE_KEY for the client) when set;
+    otherwise a PostgreSQL server of its own, kept in a cache folder (PGFLOW_DEMO_DIR) and
+    reused next time.
+    """
+    from ._demo import DemoOptions, run_demo
+
+    options = DemoOptions(runs=runs, live=live, reset=reset, db=db, timeout=timeout)
+    raise typer.Exit(run_demo(options, console=console, errors=errors))
 
 
 def _json_default(value: Any) -> str:

@@ -1,12 +1,14 @@
 """Preparing databases for pgflow: a local server, pgmq, the realtime stand-in, migrations."""
 
 from .cluster import FAST_SETTINGS, LocalPostgres, find_bindir
+from .embedded import EmbeddedPostgres, pgserver_bindir
 from .migrate import MigrationReport, migrate
 from .pgmq import ensure_pgmq, install_extension_files, pgmq_sql_path, pgmq_version
 from .sqlfiles import Migration, list_migrations, realtime_compat_sql, sql_root
 
 __all__ = [
     "FAST_SETTINGS",
+    "EmbeddedPostgres",
     "LocalPostgres",
     "Migration",
     "MigrationReport",
@@ -17,6 +19,7 @@ __all__ = [
     "migrate",
     "pgmq_sql_path",
     "pgmq_version",
+    "pgserver_bindir",
     "realtime_compat_sql",
     "sql_root",
 ]

@@ -37,9 +37,13 @@ FAST_SETTINGS: Mapping[str, str] = {
     "shared_buffers": "128MB",
 }
 
+#: Where Debian and Ubuntu install PostgreSQL, one ``<major>/bin`` folder per version.
+SYSTEM_PG_ROOT = Path("/usr/lib/postgresql")
+
 _INSTALL_HINT = (
     "install PostgreSQL server binaries (Debian/Ubuntu: apt-get install postgresql; "
-    "macOS: brew install postgresql), or point DATABASE_URL at a server you already run"
+    "macOS: brew install postgresql), or a bundled server with "
+    "pip install 'pgflow-py[embedded]', or point DATABASE_URL at a server you already run"
 )
 
 
@@ -47,7 +51,8 @@ def find_bindir() -> Path:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
     Looks at ``PGFLOW_PG_BINDIR``, then ``pg_config --bindir`` on PATH, then the newest
-    ``/usr/lib/postgresql/<N>/bin``.
+    ``/usr/lib/postgresql/<N>/bin``, then the binaries bundled in the ``pgserver`` package
+    (the ``pgflow-py[embedded]`` extra).
     """
     candidates: list[Path] = []
     if env := os.environ.get("PGFLOW_PG_BINDIR"):
@@ -58,7 +63,7 @@ def find_bindir() -> Path:
                 [pg_config, "--bindir"], capture_output=True, text=True, check=True
             )
             candidates.append(Path(out.stdout.strip()))
-    debian = Path("/usr/lib/postgresql")
+    debian = SYSTEM_PG_ROOT
     if debian.is_dir():
         versions = sorted(
             (p for p in debian.iterdir() if p.name.isdigit()),
@@ -69,6 +74,11 @@ def find_bindir() -> Path:
     for candidate in candidates:
         if all((candidate / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             return candidate
+    # Fallback: the embedded server's binaries, when the optional extra is installed.
+    from .embedded import pgserver_bindir
+
+    if (bundled := pgserver_bindir()) is not None:
+        return bundled
     raise PostgresNotFound(f"no PostgreSQL server binaries found; {_INSTALL_HINT}")
 
 

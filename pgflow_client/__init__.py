@@ -14,9 +14,11 @@ from ._events import (
     StepSkippedEvent,
     StepStartedEvent,
 )
+from ._live import LiveRunView, live
 from ._run import FlowRun
 from ._status import FlowRunStatus, FlowStepStatus, SkipReason
 from ._step import FlowStep
+from ._sync import SyncFlowRun, SyncFlowStep, SyncPgflowClient
 from .errors import (
     ClientClosed,
     FlowNotFound,
@@ -43,6 +45,7 @@ __all__ = [
     "FlowStepStatus",
     "InvalidFlowInput",
     "InvalidRunData",
+    "LiveRunView",
     "PgflowClient",
     "PgflowClientError",
     "RpcError",
@@ -58,8 +61,12 @@ __all__ = [
     "StepSkippedEvent",
     "StepStartedEvent",
     "SubscriptionError",
+    "SyncFlowRun",
+    "SyncFlowStep",
+    "SyncPgflowClient",
     "TransportError",
     "Unsubscribe",
     "WaitCancelled",
     "WaitTimeout",
+    "live",
 ]

@@ -164,9 +164,12 @@ class PgflowSqlClient:
                 (flow_slug, list(msg_ids), worker_id),
             )
             attempts = await conn.execute(
-                "select message_id, attempts_count from pgflow.step_tasks"
-                " where flow_slug = %s and message_id = any(%s::bigint[])",
-                (flow_slug, list(msg_ids)),
+                # One index probe per id: `message_id = any(...)` lets a planner without
+                # fresh statistics scan every task of the flow instead.
+                "select t.message_id, t.attempts_count"
+                " from unnest(%s::bigint[]) as m (id)"
+                " join pgflow.step_tasks as t on t.flow_slug = %s and t.message_id = m.id",
+                (list(msg_ids), flow_slug),
             )
             records = [row[0] for row in await started.fetchall()]
             attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}

@@ -36,6 +36,8 @@ __all__ = ["FlowWorker", "run_worker"]
 
 log = logging.getLogger("pgflow.worker")
 
+#: How long a poll waits for half a batch of slots to come free while handlers run.
+_FILL_WAIT = 0.02
 _DEFAULT_TIMEOUT = 60  # create_flow's default when a flow sets none
 _REPORT_RETRY_SECONDS = 30.0
 
@@ -229,10 +231,7 @@ class FlowWorker:
         try:
             while not self._stopping.is_set():
                 await self._slots.acquire()
-                free = 1
-                while free < settings.batch_size and not self._slots.locked():
-                    await self._slots.acquire()
-                    free += 1
+                free = 1 + await self._more_slots(settings.batch_size - 1)
                 poll = asyncio.create_task(
                     self._read_and_start(client, free, settings.max_poll_seconds)
                 )
@@ -261,6 +260,34 @@ class FlowWorker:
                     runner.add_done_callback(self._finished)
         finally:
             stop_wait.cancel()
+
+    async def _more_slots(self, most: int) -> int:
+        """Take up to ``most`` more free slots for the next poll; how many were taken.
+
+        Takes every slot free now. When that is less than half a batch while handlers are
+        running, waits a moment for some of them to finish: polling for one or two messages
+        each time a single handler ends costs two round trips per couple of tasks under load.
+        """
+        taken = 0
+        half = max(1, min(self.settings.batch_size, self.settings.max_concurrent) // 2)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while taken < most:
+            if not self._slots.locked():
+                await self._slots.acquire()
+                taken += 1
+                continue
+            if taken + 1 >= half or not self._in_flight or self._stopping.is_set():
+                break
+            if deadline is None:
+                deadline = loop.time() + _FILL_WAIT
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                break
+            taken += 1
+        return taken
 
     async def _read_and_start(
         self, client: PgflowSqlClient, qty: int, max_poll_seconds: int

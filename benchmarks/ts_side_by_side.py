@@ -125,7 +125,7 @@ async def _arrivals(
     node: NodeSession, run_id: str, seen: dict[str, float], keys: Sequence[str]
 ) -> None:
     """Read the client's reports until every key of ``keys`` has arrived for ``run_id``;
-    ``seen`` gets each key's first arrival (wall-clock seconds)."""
+    ``seen`` gets each key's first arrival (``time.monotonic()`` seconds)."""
     while not all(k in seen for k in keys):
         message = await node.next_event(WAIT)
         payload = message.get("payload")
@@ -156,11 +156,13 @@ async def ts_event_latency(node: NodeSession, dsn: str, runs: int) -> client_lat
                 )
                 row = await cur.fetchone()
                 assert row is not None
+                # Node stamps on the monotonic clock; move the commit's wall-clock stamp there.
+                committed = time.monotonic() - (time.time() - row[0])
                 with contextlib.suppress(NodeError):
                     await _arrivals(node, run_id, seen, EMITS[step])
                 for key in EMITS[step]:
                     if key in seen:
-                        result.values.append(seen[key] - row[0])
+                        result.values.append(seen[key] - committed)
                     else:
                         result.missed += 1
             await node.request("dispose", run_id=run_id)

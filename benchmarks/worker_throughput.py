@@ -128,6 +128,8 @@ class WorkerResult:
     seconds: float
     cpu: float
     server_cpu: float
+    rss: int = 0
+    """Resident memory of the worker process at the end, in bytes."""
 
     @property
     def rate(self) -> float:
@@ -246,7 +248,7 @@ def run_worker_scenario(
                 raise RuntimeError(f"the worker exited with code {code}:\n{worker.log_tail()}")
         seconds = (finished - started[0]).total_seconds()
         return WorkerResult(
-            scenario, handlers, int(tasks), seconds, after.cpu - before.cpu, server_cpu
+            scenario, handlers, int(tasks), seconds, after.cpu - before.cpu, server_cpu, after.rss
         )
     finally:
         stack.drop(name)

@@ -37,7 +37,10 @@ if (config.settle_ms !== undefined && config.settle_ms !== null) {
 const client = new PgflowClient(supabase, options);
 const runs = new Map();
 
-const now = () => performance.timeOrigin + performance.now();
+// Event stamps are CLOCK_MONOTONIC in ms, the clock Python's time.monotonic() reads: the
+// wall clock derived from performance.timeOrigin drifts from the system's by milliseconds per
+// second on some virtual machines.
+const now = () => Number(process.hrtime.bigint()) / 1e6;
 const emit = (message) => process.stdout.write(JSON.stringify(message) + '\n');
 const iso = (date) => (date ? date.toISOString() : null);
 

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic import ValidationError as _ValidationError
 
 from ._status import FlowRunStatus, FlowStepStatus, SkipReason
+from .errors import InvalidRunId
 
 __all__ = [
     "FlowEvent",
@@ -39,15 +40,18 @@ logger = logging.getLogger("pgflow.client")
 
 
 def canonical_run_id(value: object) -> str:
-    """Return a run id in its canonical text form (lowercase, hyphenated UUID)."""
+    """Return a run id in its canonical text form (lowercase, hyphenated UUID).
+
+    Raises :class:`InvalidRunId` (a ``ValueError``) for anything that is not a UUID.
+    """
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, str):
         try:
             return str(UUID(value))
         except ValueError:
-            raise ValueError(f"run_id {value!r} is not a UUID") from None
-    raise ValueError(f"run_id must be a UUID, got {type(value).__name__}")
+            raise InvalidRunId(f"run_id {value!r} is not a UUID", run_id=value) from None
+    raise InvalidRunId(f"run_id must be a UUID, got {type(value).__name__}", run_id=value) from None
 
 
 def _parse_timestamp(value: object) -> object:

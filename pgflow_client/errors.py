@@ -7,6 +7,7 @@ __all__ = [
     "FlowNotFound",
     "InvalidFlowInput",
     "InvalidRunData",
+    "InvalidRunId",
     "PgflowClientError",
     "RpcError",
     "RunAlreadyExists",
@@ -66,6 +67,14 @@ class StatusUnreachable(PgflowClientError):
 
 class InvalidRunData(PgflowClientError, ValueError):
     """A run or step-state snapshot from the server is missing fields or holds invalid values."""
+
+
+class InvalidRunId(PgflowClientError, ValueError):
+    """A run id is not a UUID; it is refused before anything is sent or subscribed."""
+
+    def __init__(self, message: str, *, run_id: object) -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class TransportError(PgflowClientError):

@@ -6,11 +6,19 @@ Ports the TS client's FlowRun unit tests (waiting and disposal live in their own
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
 
-from pgflow_client import FlowRun, FlowRunStatus, FlowStep, FlowStepStatus
+from pgflow_client import (
+    FlowRun,
+    FlowRunStatus,
+    FlowStep,
+    FlowStepStatus,
+    InvalidRunId,
+    PgflowClientError,
+)
 
 from ._factories import (
     ANOTHER_STEP_SLUG,
@@ -54,9 +62,21 @@ def test_defaults_before_any_snapshot() -> None:
     assert run.remaining_steps is None
 
 
-def test_run_id_must_be_a_uuid() -> None:
-    with pytest.raises(ValueError, match="not a UUID"):
-        FlowRun("run-1", FLOW_SLUG)
+@pytest.mark.parametrize("bad", ["run-1", "", 42, None])
+def test_run_id_must_be_a_uuid(bad: Any) -> None:
+    with pytest.raises(InvalidRunId) as caught:
+        FlowRun(bad, FLOW_SLUG)
+    assert caught.value.run_id == bad
+    # Callers that catch the broad classes keep working.
+    assert isinstance(caught.value, ValueError)
+    assert isinstance(caught.value, PgflowClientError)
+    assert "UUID" in str(caught.value)
+
+
+def test_run_ids_are_canonical() -> None:
+    upper = RUN_ID.upper()
+    assert FlowRun(upper, FLOW_SLUG).run_id == RUN_ID
+    assert FlowRun(f"{{{RUN_ID}}}", FLOW_SLUG).run_id == RUN_ID
 
 
 def test_status_may_be_given_as_text() -> None:

@@ -13,6 +13,7 @@ from pgflow_client import (
     FlowRunStatus,
     FlowStepStatus,
     InvalidFlowInput,
+    InvalidRunId,
     PgflowClient,
     RunAlreadyExists,
     StatusUnreachable,
@@ -161,9 +162,9 @@ async def test_bad_input_leaves_nothing_behind(db_url: str, client: PgflowClient
         await client.start_flow("e2e_map", {"not": "a list"})
     with pytest.raises(InvalidFlowInput, match="not JSON-serializable"):
         await client.start_flow("e2e_map", [float("nan")])
-    with pytest.raises(ValueError, match="not a UUID"):
+    with pytest.raises(InvalidRunId, match="not a UUID"):
         await client.start_flow("e2e_map", [1], run_id="not-a-uuid")
-    with pytest.raises(ValueError, match="not a UUID"):
+    with pytest.raises(InvalidRunId, match="not a UUID"):
         await client.get_run("42")
     run_id = uuid.uuid4()
     await client.start_flow("e2e_map", [1], run_id=run_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
+
+from tests.docs.snippets import DOCS, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -254,24 +257,54 @@ def url_as(db_url: str, role: str) -> str:
     return psycopg.conninfo.make_conninfo("", **params)
 
 
-CLIENT_GRANTS = [
-    "grant usage on schema pgflow to {role}",
-    "grant execute on function pgflow.start_flow_with_states(text, jsonb, uuid) to {role}",
-    "grant execute on function pgflow.get_run_with_states(uuid) to {role}",
-]
-"""What a client role needs to start flows and read their runs (Supabase's ``authenticated``)."""
+def documented_grants(page: str, grantee: str) -> str:
+    """The one SQL block of ``docs/<page>`` that grants privileges to ``grantee``, as written.
 
-LISTEN_GRANTS = [
-    "grant usage on schema realtime to {role}",
-    "grant select on realtime.messages to {role}",
-]
-"""What a client over plain PostgreSQL needs on top, to read the event rows it is notified of."""
+    The security tests grant exactly what the documentation tells users to run, so the page
+    and the tests cannot drift apart.
+    """
+    path = DOCS / page
+    blocks = [
+        b.code
+        for b in parse(path).blocks
+        if b.language == "sql"
+        and re.search(r"^\s*grant\b", b.code, re.IGNORECASE | re.MULTILINE)
+        and re.search(rf"\bto\s+{re.escape(grantee)}\b", b.code)
+    ]
+    if len(blocks) != 1:
+        raise AssertionError(
+            f"docs/{page} should hold exactly one SQL block of grants to {grantee}, "
+            f"found {len(blocks)}"
+        )
+    return blocks[0]
 
 
-def grant(db_url: str, role: str, statements: list[str]) -> None:
+def grant_documented(db_url: str, role: str, statements: str, grantee: str) -> None:
+    """Run documented grant statements with ``role`` in place of the documented grantee."""
     with psycopg.connect(db_url, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(sql.SQL(statement).format(role=sql.Identifier(role)))
+        quoted = sql.Identifier(role).as_string(conn)
+        text = re.sub(rf"\b{re.escape(grantee)}\b", lambda _: quoted, statements)
+        assert text != statements, f"{grantee} does not occur in {statements!r}"
+        conn.execute(text.encode())
+
+
+def supabase_client_grants() -> str:
+    """docs/supabase.md's grants for the ``authenticated`` role: starting flows, reading runs."""
+    return documented_grants("supabase.md", "authenticated")
+
+
+def postgres_client_grants() -> str:
+    """docs/postgres.md's grants for an application role over plain PostgreSQL (``app_client``):
+    the same, plus reading the event rows its LISTEN connection is notified of."""
+    return documented_grants("postgres.md", "app_client")
+
+
+def grant_supabase_client(db_url: str, role: str) -> None:
+    grant_documented(db_url, role, supabase_client_grants(), "authenticated")
+
+
+def grant_postgres_client(db_url: str, role: str) -> None:
+    grant_documented(db_url, role, postgres_client_grants(), "app_client")
 
 
 # -- the audit -----------------------------------------------------------------------------------

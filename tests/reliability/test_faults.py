@@ -1,16 +1,17 @@
 """Faults, one per test: a worker killed outright, the database restarted, the realtime link
 down while runs end, handlers that hang or hog the connection pool, stalled-task recovery.
 
-Faults already covered elsewhere (hung sync/async handlers, SystemExit and KeyboardInterrupt in
-handlers, lost leases, SIGTERM drain, realtime drops mid-run) live in tests/worker and
-tests/e2e; docs/reliability.md lists them all.
+Faults already covered elsewhere (hung sync/async handlers, lost leases, SIGTERM drain,
+realtime drops mid-run) live in tests/worker and tests/e2e; docs/reliability.md lists them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,9 @@ from supabase import AsyncClientOptions, acreate_client
 from pgflow_client import FlowRunStatus, PgflowClient, StatusUnreachable
 from pgflow_worker import Flow, FlowWorker, LocalPostgres, StepContext
 from tests.reliability.helpers import (
-    CLIENT_GRANTS,
-    LISTEN_GRANTS,
     WorkerProcess,
     audit_async,
-    grant,
+    grant_postgres_client,
     notifications,
     rows,
     run_of,
@@ -266,8 +265,11 @@ async def test_postgres_restart_mid_run(own_server: LocalPostgres) -> None:
         await again.wait_for_status("completed", timeout=60)
         assert again.output == {"last": {"first": "one", "sum": 40}}
 
+    # The result came from the attempt that ran across the restart, reported once the server
+    # was back: not from a second attempt after the lease ran out.
     (task,) = [t for t in await tasks_of(dsn, uuid.UUID(run.run_id)) if t["step_slug"] == "first"]
-    assert task["status"] == "completed"
+    assert (task["status"], task["attempts_count"], task["error_message"]) == ("completed", 1, None)
+    assert task["output"] == "one"
     assert await audit_async(dsn, "restart") == []
 
 
@@ -335,7 +337,7 @@ async def test_postgres_transport_catches_up_after_an_outage(db_url: str) -> Non
     """The client's role is barred from logging in and its LISTEN session is ended, so it
     cannot reconnect until the outage is over."""
     with temporary_role(db_url, "rel_client") as role:
-        grant(db_url, role, CLIENT_GRANTS + LISTEN_GRANTS)
+        grant_postgres_client(db_url, role)
 
         async def cut() -> None:
             async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
@@ -498,3 +500,118 @@ async def test_handlers_exhausting_the_connection_pool(db_url: str) -> None:
     assert (await run_of(db_url, later))["output"] == {"each": [10]}
     assert worker.failed == 4
     assert await audit_async(db_url, "hog") == []
+
+
+# -- SystemExit and KeyboardInterrupt raised by handlers -----------------------------------------
+
+BASE_EXCEPTIONS = [SystemExit, KeyboardInterrupt]
+
+
+def exiting_flow(
+    slug: str, exc_type: type[BaseException], kind: str, *, max_attempts: int, base_delay: int = 1
+) -> Flow:
+    """One step that raises ``exc_type`` on its first attempt (input ``{"exit": true}``) and
+    returns its attempt number otherwise; sync handlers run on a thread of their own."""
+    flow = Flow(slug, max_attempts=max_attempts, base_delay=base_delay)
+
+    def body(input: dict[str, Any], ctx: StepContext) -> dict[str, int]:
+        if input.get("exit") and ctx.attempt == 1:
+            raise exc_type("attempt 1")
+        return {"attempt": ctx.attempt}
+
+    if kind == "sync":
+
+        @flow.step(slug="only")
+        def only_sync(input: dict[str, Any], ctx: StepContext) -> dict[str, int]:
+            return body(input, ctx)
+
+    else:
+
+        @flow.step(slug="only")
+        async def only_async(input: dict[str, Any], ctx: StepContext) -> dict[str, int]:
+            return body(input, ctx)
+
+    return flow
+
+
+async def check_worker_still_serves(db_url: str, worker: FlowWorker, slug: str) -> None:
+    """The worker is alive after the fault: registered, not stopped, and it runs a new run."""
+    (row,) = await rows(
+        db_url, "select stopped_at from pgflow.workers where worker_id = %s", (worker.worker_id,)
+    )
+    assert row["stopped_at"] is None
+    later = await start_run(db_url, slug, {})
+    await wait_terminal(db_url, [later], within=30)
+    done = await run_of(db_url, later)
+    assert (done["status"], done["output"]) == ("completed", {"only": {"attempt": 1}})
+    (task,) = await tasks_of(db_url, later)
+    assert task["last_worker_id"] == str(worker.worker_id)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("exc_type", BASE_EXCEPTIONS, ids=lambda e: e.__name__)
+async def test_base_exception_in_a_handler_is_retried_as_configured(
+    db_url: str, caplog: pytest.LogCaptureFixture, exc_type: type[BaseException], kind: str
+) -> None:
+    """A handler raising SystemExit or KeyboardInterrupt fails only its attempt: with
+    max_attempts=2 the task is retried after its base delay and the run completes. The worker
+    counts one failure, records the exception by name, and keeps serving."""
+    caplog.set_level(logging.WARNING, logger="pgflow.worker")
+    flow = exiting_flow("exits", exc_type, kind, max_attempts=2)
+    async with FlowWorker(flow, db_url, **FAST) as worker:
+        run_id = await start_run(db_url, "exits", {"exit": True})
+        await wait_terminal(db_url, [run_id], within=30)
+        run = await run_of(db_url, run_id)
+        assert (run["status"], run["output"]) == ("completed", {"only": {"attempt": 2}})
+        (task,) = await tasks_of(db_url, run_id)
+        assert (task["status"], task["attempts_count"]) == ("completed", 2)
+        # fail_task keeps the failed attempt's error on the task; the completion leaves it.
+        assert task["error_message"] == f"{exc_type.__name__}: attempt 1"
+        assert worker.failed == 1
+        await check_worker_still_serves(db_url, worker, "exits")
+    assert (worker.failed, worker.completed) == (1, 2)
+    failures = [r for r in caplog.records if "attempt 1 failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+    assert failures[0].exc_info is not None
+    assert failures[0].exc_info[0] is exc_type
+    # The retry waited out its delay: base_delay * 2 ** attempts_count = 2 s after the failure.
+    retried_at = datetime.fromisoformat(task["started_at"]).timestamp()
+    assert retried_at - failures[0].created >= 1.9, (retried_at, failures[0].created)
+    assert await audit_async(db_url, "exits") == []
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("exc_type", BASE_EXCEPTIONS, ids=lambda e: e.__name__)
+async def test_base_exception_in_a_handler_fails_the_run_without_retries(
+    db_url: str, exc_type: type[BaseException], kind: str
+) -> None:
+    """With max_attempts=1 the same handler fails its task, step and run for good; nothing is
+    left in the queue, and the worker keeps serving."""
+    flow = exiting_flow("exits", exc_type, kind, max_attempts=1)
+    async with FlowWorker(flow, db_url, **FAST) as worker:
+        run_id = await start_run(db_url, "exits", {"exit": True})
+        await wait_terminal(db_url, [run_id], within=30)
+        run = await run_of(db_url, run_id)
+        assert run["status"] == "failed"
+        (task,) = await tasks_of(db_url, run_id)
+        error = f"{exc_type.__name__}: attempt 1"
+        assert (task["status"], task["attempts_count"], task["error_message"]) == (
+            "failed",
+            1,
+            error,
+        )
+        (step,) = await rows(
+            db_url,
+            "select status, error_message from pgflow.step_states where run_id = %s",
+            (run_id,),
+        )
+        assert step == {"status": "failed", "error_message": error}
+        assert await scalar(db_url, "select count(*) from pgmq.q_exits") == 0
+        archived = await scalar(
+            db_url, "select count(*) from pgmq.a_exits where msg_id = %s", (task["message_id"],)
+        )
+        assert archived == 1
+        assert worker.failed == 1
+        await check_worker_still_serves(db_url, worker, "exits")
+    assert (worker.failed, worker.completed) == (1, 1)
+    assert await audit_async(db_url, "exits") == []

@@ -22,9 +22,12 @@ from supabase import acreate_client
 from pgflow_client import FlowNotFound, FlowRunStatus, PgflowClient, RpcError
 from pgflow_worker import Flow, FlowWorker
 from tests.reliability.helpers import (
-    CLIENT_GRANTS,
-    LISTEN_GRANTS,
-    grant,
+    documented_grants,
+    grant_documented,
+    grant_postgres_client,
+    grant_supabase_client,
+    postgres_client_grants,
+    supabase_client_grants,
     temporary_role,
     url_as,
 )
@@ -170,11 +173,12 @@ FORBIDDEN_SQL = [
 async def test_client_grants_allow_exactly_starting_flows_and_reading_runs(
     db_url: str, client_role: str
 ) -> None:
-    """Supabase's ``authenticated`` role with the documented grants (USAGE on pgflow, EXECUTE
-    on start_flow_with_states and get_run_with_states): it starts runs, reads them, gets their
-    events; it reaches nothing else: no table, no other function, not the queue."""
+    """Supabase's ``authenticated`` role with the grants docs/supabase.md gives it, run as
+    written there (USAGE on pgflow, EXECUTE on start_flow_with_states and get_run_with_states):
+    it starts runs, reads them, gets their events; it reaches nothing else: no table, no other
+    function, not the queue."""
     define(db_url)
-    grant(db_url, client_role, CLIENT_GRANTS)
+    grant_supabase_client(db_url, client_role)
     assert privileges(db_url, client_role) == {
         "functions": ["get_run_with_states", "start_flow_with_states"],
         "tables": [],
@@ -220,9 +224,27 @@ async def test_client_grants_allow_exactly_starting_flows_and_reading_runs(
 
 async def test_client_grants_over_plain_postgres(db_url: str, client_role: str) -> None:
     """Over plain PostgreSQL the client also reads the event rows it is notified of: with
-    SELECT on realtime.messages on top of the RPC grants it follows runs live."""
+    docs/postgres.md's grants (the RPCs plus SELECT on realtime.messages) it follows runs live.
+
+    USAGE on the realtime schema also reaches the stand-in's own functions, which PostgreSQL
+    lets PUBLIC execute by default; realtime.send runs with the caller's rights, so without
+    INSERT on realtime.messages it broadcasts nothing."""
     define(db_url)
-    grant(db_url, client_role, CLIENT_GRANTS + LISTEN_GRANTS)
+    grant_postgres_client(db_url, client_role)
+    assert privileges(db_url, client_role) == {
+        "functions": [
+            "get_run_with_states",
+            "notify_message_inserted",
+            "send",
+            "start_flow_with_states",
+            "topic",
+        ],
+        "tables": ["realtime.messages:select"],
+    }
+    before = counts(db_url)
+    with psycopg.connect(url_as(db_url, client_role), autocommit=True) as conn:
+        conn.execute("select realtime.send('{}', 'run:completed', 'pgflow:run:x', false)")
+    assert counts(db_url) == before
     flow = sample_flow()
     async with (
         FlowWorker(flow, db_url, **FAST),
@@ -234,6 +256,26 @@ async def test_client_grants_over_plain_postgres(db_url: str, client_role: str) 
         await run.wait_for_status("completed", timeout=30)
     assert run.output == {"greet": "hello grace"}
     assert steps == ["step:completed"]
+
+
+def test_the_reliability_page_restates_the_documented_grants(db_url: str) -> None:
+    """docs/reliability.md shows the grants again: its block for ``authenticated`` is
+    docs/supabase.md's word for word, and with its LISTEN block on top a role holds exactly
+    what docs/postgres.md grants a plain-PostgreSQL client."""
+    assert documented_grants("reliability.md", "authenticated") == supabase_client_grants()
+    with (
+        temporary_role(db_url, "rel_page") as restated,
+        temporary_role(db_url, "rel_docs") as documented,
+    ):
+        grant_documented(
+            db_url, restated, documented_grants("reliability.md", "authenticated"), "authenticated"
+        )
+        grant_documented(
+            db_url, restated, documented_grants("reliability.md", "app_client"), "app_client"
+        )
+        grant_documented(db_url, documented, postgres_client_grants(), "app_client")
+        assert privileges(db_url, restated) == privileges(db_url, documented)
+        assert privileges(db_url, documented)["tables"] == ["realtime.messages:select"]
 
 
 # -- SECURITY DEFINER takeover attempts ----------------------------------------------------------
@@ -309,7 +351,7 @@ def test_security_definer_functions_ignore_planted_objects(db_url: str, client_r
     in front of pg_catalog and calls the two SECURITY DEFINER functions. They must return the
     right answers without running a single planted object, and the role stays unprivileged."""
     define(db_url)
-    grant(db_url, client_role, CLIENT_GRANTS)
+    grant_supabase_client(db_url, client_role)
     evil = f"evil_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute(

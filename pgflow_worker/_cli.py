@@ -1,5 +1,10 @@
 """The ``pgflow`` command line: migrate a database, compile flows, run workers, start and
-watch runs."""
+watch runs.
+
+Text that comes from flows, runs or the database (SQL, outputs, error messages, paths) never
+goes through rich's markup: ``[true]`` or ``[/path]`` in it is data, printed as is. Output a
+script reads (compiled SQL, a run id) is written plainly, without rich at all.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from pgflow_client._dsn import describe_dsn, redact, resolve_dsn
 
 from ._compiler import compile_flow, migration_filename, render_migration
 from ._database import migrate as run_migrations
 from ._flow import Flow
+from ._settings import WorkerSettings
 from .errors import PgflowError
 
 __all__ = ["app", "load_flow", "main"]
@@ -42,7 +49,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -127,10 +134,10 @@ def migrate(db: DbOption = None, as_json: JsonOption = False) -> None:
             }
         )
         return
-    console.print(f"database: {describe_dsn(dsn)}")
-    console.print(f"pgmq: {report.pgmq}; realtime: {report.realtime}")
+    console.print(f"database: {describe_dsn(dsn)}", markup=False, highlight=False)
+    console.print(f"pgmq: {report.pgmq}; realtime: {report.realtime}", markup=False)
     for name in report.applied:
-        console.print(f"[green]applied[/] {name}")
+        console.print(Text.assemble(("applied", "green"), " ", name))
     if not report.applied:
         console.print("already up to date")
 
@@ -146,13 +153,18 @@ def compile(
     """Print the SQL that creates a flow (pgflow.create_flow / pgflow.add_step)."""
     flow = _load(target)
     if out is None:
+        # Plain text, exactly as compile_flow returns it: meant for files and pipes.
         for statement in compile_flow(flow):
-            console.print(statement, highlight=False, soft_wrap=True)
+            typer.echo(statement)
         return
     out.mkdir(parents=True, exist_ok=True)
     path = out / migration_filename(flow)
     path.write_text(render_migration(flow), encoding="utf-8")
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+#: The worker's option defaults are WorkerSettings' own (pgflow's), so the two cannot drift.
+_WORKER_DEFAULTS = WorkerSettings()
 
 
 @app.command()
@@ -161,17 +173,25 @@ def worker(
     db: DbOption = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", help="Handlers running at once.")
-    ] = 10,
-    batch_size: Annotated[int, typer.Option(help="Messages read per poll.")] = 10,
-    max_pg_connections: Annotated[int, typer.Option(help="Size of the connection pool.")] = 4,
+    ] = _WORKER_DEFAULTS.max_concurrent,
+    batch_size: Annotated[
+        int, typer.Option(help="Messages read per poll.")
+    ] = _WORKER_DEFAULTS.batch_size,
+    max_pg_connections: Annotated[
+        int, typer.Option(help="Size of the connection pool.")
+    ] = _WORKER_DEFAULTS.max_pg_connections,
     visibility_timeout: Annotated[
         int, typer.Option(help="Seconds a read message stays hidden before start_tasks.")
-    ] = 5,
-    max_poll_seconds: Annotated[int, typer.Option(help="Longest server-side poll.")] = 2,
-    poll_interval_ms: Annotated[int, typer.Option(help="Pause between server polls.")] = 100,
+    ] = _WORKER_DEFAULTS.visibility_timeout,
+    max_poll_seconds: Annotated[
+        int, typer.Option(help="Longest server-side poll.")
+    ] = _WORKER_DEFAULTS.max_poll_seconds,
+    poll_interval_ms: Annotated[
+        int, typer.Option(help="Pause between server polls.")
+    ] = _WORKER_DEFAULTS.poll_interval_ms,
     shutdown_timeout: Annotated[
         float, typer.Option(help="Seconds to let in-flight handlers finish on SIGTERM.")
-    ] = 30.0,
+    ] = _WORKER_DEFAULTS.shutdown_timeout,
     recompile: Annotated[
         bool,
         typer.Option(help="Replace a differing stored flow definition (deletes its runs)."),
@@ -232,18 +252,19 @@ def _run_async(coro: Any) -> Any:
 def _step_table(run: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"{run.flow_slug} · {run.run_id} · {run.status.value}")
+    table = Table(title=Text(f"{run.flow_slug} · {run.run_id} · {run.status.value}"))
     for column in ("step", "status", "started", "finished", "output / error"):
         table.add_column(column, overflow="fold")
     for step in run.steps.values():
         finished = step.completed_at or step.failed_at or step.skipped_at
         detail = step.error_message if step.error_message else _preview(step.output)
+        # Text cells: outputs like [true, false] and messages like "[/tmp] missing" are data.
         table.add_row(
-            step.step_slug,
-            step.status.value,
-            step.started_at.strftime("%H:%M:%S.%f")[:-3] if step.started_at else "",
-            finished.strftime("%H:%M:%S.%f")[:-3] if finished else "",
-            detail,
+            Text(step.step_slug),
+            Text(step.status.value),
+            Text(step.started_at.strftime("%H:%M:%S.%f")[:-3] if step.started_at else ""),
+            Text(finished.strftime("%H:%M:%S.%f")[:-3] if finished else ""),
+            Text(detail),
         )
     return table
 
@@ -315,7 +336,7 @@ def start(
                 if as_json:
                     console.print_json(dump_json({"run_id": run.run_id, "status": run.status}))
                 else:
-                    console.print(run.run_id, highlight=False)
+                    typer.echo(str(run.run_id))  # nothing else on stdout: $(pgflow start ...)
                 return 0
             if not as_json:
                 errors.print(f"run {run.run_id} started; waiting…", highlight=False)
@@ -331,7 +352,9 @@ def start(
                 console.print_json(dump_json(run.output))
             else:
                 errors.print(
-                    f"[bold red]run {run.run_id} failed:[/] {run.error_message}", highlight=False
+                    f"[bold red]run {run.run_id} failed:[/] {escape(run.error_message or '')}",
+                    highlight=False,
+                    soft_wrap=True,
                 )
             return 0 if run.status.value == "completed" else 1
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import typer
+from click.testing import Result
 from typer.testing import CliRunner
 
+from pgflow_worker import compile_flow
 from pgflow_worker._cli import app
 from tests._stack import Stack
+from tests.worker.markupflows import marks
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -87,14 +93,16 @@ def test_start_unknown_flow_lists_the_existing_ones(db_url: str) -> None:
     assert "alpha, beta" in result.output
 
 
-def test_start_wait_status_with_a_worker_process(db_url: str) -> None:
+@contextlib.contextmanager
+def worker_process(db_url: str, target: str) -> Iterator[subprocess.Popen[str]]:
+    """A `pgflow worker` child process, stopped with SIGTERM (and checked to exit 0)."""
     worker = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "pgflow_worker",
             "worker",
-            "tests.worker.cliflows:hello",
+            target,
             "--db",
             db_url,
             "--max-poll-seconds",
@@ -109,8 +117,17 @@ def test_start_wait_status_with_a_worker_process(db_url: str) -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
+        yield worker
+    finally:
+        worker.terminate()
+        _, stderr = worker.communicate(timeout=30)
+    assert worker.returncode == 0, stderr
+
+
+def test_start_wait_status_with_a_worker_process(db_url: str) -> None:
+    with worker_process(db_url, "tests.worker.cliflows:hello"):
         # The worker creates the flow at startup: the first `start` may come too early.
-        ok = _start_when_ready(db_url, ["--input", '{"name": "Ada"}', "--wait"])
+        ok = _start_when_ready(db_url, "cli_hello", ["--input", '{"name": "Ada"}', "--wait"])
         assert ok.exit_code == 0, ok.output
         assert json.loads(ok.stdout) == {"greet": "Hello, Ada!"}
         bad = runner.invoke(
@@ -135,22 +152,84 @@ def test_start_wait_status_with_a_worker_process(db_url: str) -> None:
         table = runner.invoke(app, ["status", failed["run_id"], "--db", db_url])
         assert "greet" in table.output
         assert "failed" in table.output
-    finally:
-        worker.terminate()
-        worker.communicate(timeout=30)
-    assert worker.returncode == 0
 
 
-def _start_when_ready(db_url: str, extra: list[str]):  # type: ignore[no-untyped-def]
-    import time
-
+def _start_when_ready(db_url: str, slug: str, extra: list[str]) -> Result:
     deadline = time.monotonic() + 30
     while True:
-        result = runner.invoke(app, ["start", "cli_hello", "--db", db_url, *extra])
+        result = runner.invoke(app, ["start", slug, "--db", db_url, *extra])
         if result.exit_code == 0 or "does not exist" not in result.output:
             return result
         assert time.monotonic() < deadline, result.output
-        time.sleep(0.1)
+        time.sleep(0.1)  # the worker has not created the flow yet: ask again shortly
+
+
+def test_compile_prints_markup_like_patterns_verbatim() -> None:
+    """`[true]` in a condition is JSON, not a rich style tag to swallow."""
+    printed = runner.invoke(app, ["compile", "tests.worker.markupflows:marks"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout.splitlines() == compile_flow(marks)
+    assert """required_input_pattern => '{"tags":[true]}'""" in printed.stdout
+
+
+def test_start_without_wait_prints_only_the_run_id(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in compile_flow(marks):
+            conn.execute(statement.encode())
+    result = runner.invoke(app, ["start", "cli_marks", "--db", db_url, "--input", "{}"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("\n")
+    (line,) = result.stdout.splitlines()
+    run_id = uuid.UUID(line)
+    assert str(run_id) == line
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("select flow_slug from pgflow.runs where run_id = %s", (run_id,))
+        assert row.fetchone() == ("cli_marks",)
+
+
+def test_markup_like_outputs_and_errors_are_printed_as_data(db_url: str) -> None:
+    with worker_process(db_url, "tests.worker.markupflows:marks"):
+        ok = _start_when_ready(
+            db_url, "cli_marks", ["--input", '{"tags": [true]}', "--wait", "--json"]
+        )
+        assert ok.exit_code == 0, ok.output
+        done = json.loads(ok.stdout)
+        assert done["output"] == {"check": [True, False]}
+
+        failing = '{"tags": [true], "fail": true}'
+        bad = runner.invoke(
+            app, ["start", "cli_marks", "--db", db_url, "--input", failing, "--wait"]
+        )
+        # Without --json: a failed run exits 1, its error on stderr and nothing on stdout.
+        assert bad.exit_code == 1, bad.output
+        assert isinstance(bad.exception, SystemExit), bad.exception
+        assert bad.stdout == ""
+        assert "failed: OSError: [/path] [red]" in bad.stderr
+        (failed_id,) = {word for word in bad.stderr.split() if word.count("-") == 4}
+
+        table = runner.invoke(app, ["status", done["run_id"], "--db", db_url])
+        assert table.exit_code == 0, table.output
+        assert "[true, false]" in table.stdout
+        failed_table = runner.invoke(app, ["status", failed_id, "--db", db_url])
+        assert failed_table.exit_code == 0, failed_table.output
+        assert "OSError: [/path] [red]" in failed_table.stdout
+
+
+def test_every_command_has_help() -> None:
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0, top.output
+    names = sorted(group.commands)
+    assert {"migrate", "compile", "worker", "start", "status", "watch", "demo"} <= set(names)
+    for name in names:
+        assert name in top.stdout
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert f"Usage: pgflow {name}" in result.stdout or f"{name} [OPTIONS]" in result.stdout
+        summary = (group.commands[name].help or "").split("\n")[0].strip()
+        assert summary, f"{name} has no help text"
+        assert summary[:30] in " ".join(result.stdout.split()), (name, result.stdout)
 
 
 def test_bad_json_input_is_refused() -> None:

@@ -69,12 +69,22 @@ class PgflowClient:
         *,
         pool_size: int = 4,
         connect_timeout: float = 30.0,
+        subscribe_timeout: float = 20.0,
     ) -> Self:
-        """A client over plain PostgreSQL (pgflow SQL plus pgflow-py's realtime stand-in)."""
+        """A client over plain PostgreSQL (pgflow SQL plus pgflow-py's realtime stand-in).
+
+        ``subscribe_timeout`` bounds how long ``start_flow`` and ``get_run`` wait for the
+        shared LISTEN connection while it is being re-established after a loss; past it they
+        raise :class:`SubscriptionError` (and start nothing).
+        """
         opened: list[PostgresTransport] = []
 
         def make(hooks: TransportHooks) -> PostgresTransport:
-            opened.append(PostgresTransport(dsn, hooks, pool_size=pool_size))
+            opened.append(
+                PostgresTransport(
+                    dsn, hooks, pool_size=pool_size, subscribe_timeout=subscribe_timeout
+                )
+            )
             return opened[0]
 
         client = cls(transport=make)

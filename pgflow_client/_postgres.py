@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._dsn import describe_dsn, redact
 from ._transport import TransportHooks, rpc_error
-from .errors import ClientClosed, TransportError
+from .errors import ClientClosed, SubscriptionError, TransportError
 
 __all__ = ["PostgresTransport"]
 
@@ -41,10 +41,12 @@ class PostgresTransport:
         hooks: TransportHooks,
         *,
         pool_size: int = 4,
+        subscribe_timeout: float = 20.0,
         reconnect_backoff: tuple[float, float] = (0.1, 5.0),
     ) -> None:
         self._dsn = dsn
         self._hooks = hooks
+        self._subscribe_timeout = subscribe_timeout
         self._backoff = reconnect_backoff
         self._pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
             dsn,
@@ -82,11 +84,42 @@ class PostgresTransport:
 
     # -- subscriptions ------------------------------------------------------------------------
 
+    @property
+    def listening(self) -> bool:
+        """Whether the shared LISTEN connection is up (False while it is being re-established)."""
+        return self._listening.is_set() and not self._closed
+
     async def subscribe(self, run_id: str) -> None:
+        """Watch the run's topic; waits (at most ``subscribe_timeout``) for LISTEN to be up.
+
+        The LISTEN is shared and normally already active. While it is being re-established
+        (the connection was lost), an event committed now would never be seen, so the
+        subscription is confirmed only once it is back, and refused with
+        :class:`SubscriptionError` when that takes longer than ``subscribe_timeout``.
+        """
         self._check_open()
-        self._topics[_TOPIC_PREFIX + run_id] = run_id
-        # The LISTEN is shared and already active; wait only if it is being re-established.
-        await self._listening.wait()
+        topic = _TOPIC_PREFIX + run_id
+        added = topic not in self._topics
+        self._topics[topic] = run_id
+        if self._listening.is_set():
+            return
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await self._listening.wait()
+        except BaseException as exc:
+            if added:
+                self._topics.pop(topic, None)
+            if isinstance(exc, TimeoutError):
+                raise SubscriptionError(
+                    f"cannot subscribe to run {run_id}: the LISTEN connection to "
+                    f"{describe_dsn(self._dsn)} was not re-established within "
+                    f"{self._subscribe_timeout:g} s"
+                ) from None
+            raise
+        if self._closed:
+            if added:
+                self._topics.pop(topic, None)
+            self._check_open()
 
     async def unsubscribe(self, run_id: str) -> None:
         self._topics.pop(_TOPIC_PREFIX + run_id, None)
@@ -238,6 +271,7 @@ class PostgresTransport:
             return
         self._closed = True
         self._topics.clear()
+        self._listening.set()  # wake subscribers waiting for LISTEN: they see the close
         self._inbox.put_nowait(None)
         listen, dispatch = self._tasks or (None, None)
         pending = [t for t in (listen, *self._resyncs) if t is not None]

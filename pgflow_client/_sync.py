@@ -621,12 +621,16 @@ class SyncPgflowClient:
         *,
         pool_size: int = 4,
         connect_timeout: float = 30.0,
+        subscribe_timeout: float = 20.0,
     ) -> Self:
         """A client over plain PostgreSQL, connected before it is returned."""
 
         async def make() -> tuple[PgflowClient, AsyncClient | None]:
             client = await PgflowClient.connect(
-                dsn, pool_size=pool_size, connect_timeout=connect_timeout
+                dsn,
+                pool_size=pool_size,
+                connect_timeout=connect_timeout,
+                subscribe_timeout=subscribe_timeout,
             )
             return client, None
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -42,6 +43,9 @@ class PgflowClient:
         transport: Callable[[TransportHooks], Transport] | None = None,
     ) -> None:
         self._runs: dict[str, FlowRun] = {}
+        # Finished runs need no subscription, but get_run must keep returning the same object
+        # for as long as anyone holds it; held weakly so long-lived clients do not grow.
+        self._finished: weakref.WeakValueDictionary[str, FlowRun] = weakref.WeakValueDictionary()
         self._buffers: dict[str, list[FlowEvent]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -126,10 +130,16 @@ class PgflowClient:
         return run
 
     async def get_run(self, run_id: str | uuid.UUID) -> FlowRun | None:
-        """The run with this id (from this client's cache, or fetched and subscribed), or None."""
+        """The run with this id, or None when there is none.
+
+        A run this client watches is returned as it is, without a call to the server. So is a
+        finished run it has returned before, for as long as that object is referenced: its
+        state is final, so it is kept without a subscription. Other runs are fetched,
+        subscribed (unless already finished) and cached.
+        """
         self._check_open()
         rid = canonical_run_id(run_id)
-        cached = self._runs.get(rid)
+        cached = self._runs.get(rid) or self._finished.get(rid)
         if cached is not None:
             return cached
         self._buffers[rid] = []
@@ -160,21 +170,31 @@ class PgflowClient:
     # -- releasing ----------------------------------------------------------------------------
 
     def dispose(self, run_id: str | uuid.UUID) -> None:
-        """Stop watching one run: its callbacks are dropped and its subscription released."""
+        """Stop watching one run: its callbacks are dropped and its subscription released.
+
+        The client forgets the run: a later ``get_run`` fetches it again.
+        """
         rid = canonical_run_id(run_id)
         run = self._runs.pop(rid, None)
         if run is not None:
             run.dispose()
+        self._finished.pop(rid, None)
 
     def dispose_all(self) -> None:
-        """Stop watching every run of this client."""
+        """Stop watching every run of this client, and forget the finished ones."""
         for rid in list(self._runs):
             self.dispose(rid)
+        self._finished.clear()
 
     def _released(self, run: FlowRun) -> None:
-        """A run was disposed (by the caller or by itself): drop its subscription."""
+        """A run was disposed (by the caller or by itself): drop its subscription.
+
+        A finished run is remembered (weakly) so that ``get_run`` keeps returning it.
+        """
         if self._runs.get(run.run_id) is run:
             del self._runs[run.run_id]
+            if run.status.is_terminal:
+                self._finished[run.run_id] = run
         self._spawn(self._transport.unsubscribe(run.run_id))
 
     async def aclose(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
 from typing import Any
 
 import pytest
@@ -130,9 +132,42 @@ async def test_get_run_of_existing_and_missing_runs(
     assert fetched.status is FlowRunStatus.COMPLETED
     assert fetched.output == {"total": 10}
     assert fetched.step("double").output == [10]
-    assert await observer.get_run(run.run_id) is fetched or fetched.disposed
     assert await observer.get_run(uuid.uuid4()) is None
-    assert observer.subscriptions() <= {run.run_id}
+    # A finished run needs no subscription, and is the same object every time.
+    assert fetched.disposed
+    assert observer.subscriptions() == frozenset()
+    assert observer.runs == {}
+    assert await observer.get_run(run.run_id) is fetched
+    assert await observer.get_run(run.run_id.upper()) is fetched
+    # So is the run start_flow returned, once it finished and released itself.
+    assert run.disposed
+    assert await starter.get_run(run.run_id) is run
+
+
+async def test_finished_runs_are_kept_only_while_referenced_or_until_disposed(
+    db_url: str, make_client: ClientFactory
+) -> None:
+    flow = mapping()
+    await define(db_url, flow)
+    client = await make_client()
+    run = await client.start_flow("e2e_map", [1])
+    async with FlowWorker(flow, db_url, **FAST):
+        await run.wait_for_status("completed", timeout=30)
+    run_id = run.run_id
+    client.dispose(run_id)  # forgotten: the next get_run fetches it again
+    fetched = await client.get_run(run_id)
+    assert fetched is not None
+    assert fetched is not run
+    assert fetched.output == run.output == {"total": 2}
+    # Held weakly: once nobody references it, the client does not keep it alive.
+    ref = weakref.ref(fetched)
+    del run, fetched
+    gc.collect()
+    assert ref() is None
+    again = await client.get_run(run_id)
+    assert again is not None
+    assert again.output == {"total": 2}
+    assert await client.get_run(run_id) is again
 
 
 async def test_many_clients_on_one_run_and_many_runs_on_one_client(

@@ -76,6 +76,8 @@ _SYMBOLS = {
     "failed": ("✗", "red"),
     "skipped": ("↷", "magenta"),
 }
+#: Console width from which the live table has each run's steps on one line, and its output.
+_WIDE_TABLE = 120
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,6 +360,7 @@ class _LiveView:
     """A table of every run, redrawn on each event and a few times a second."""
 
     def __init__(self, console: Console, entries: list[_Entry], header: str) -> None:
+        self._console = console
         self._entries = entries
         self._header = header
         self._notes: list[str] = []
@@ -370,28 +373,39 @@ class _LiveView:
     def __exit__(self, *exc_info: Any) -> None:
         self._live.update(self._render(), refresh=True)
         self._live.__exit__(*exc_info)
+        if not self._console.is_terminal and not self._console.is_jupyter:
+            # Rich ends the last line itself only on a terminal: elsewhere (a pipe, a file)
+            # what is printed next would run on from the last note.
+            self._console.line()
 
     def _render(self) -> RenderableType:
         now = time.monotonic()
+        # A narrow console (80 columns, say) gets each run's steps one per line and no output
+        # column (the summary that follows shows the outputs), so that no column is cut off.
+        wide = self._console.width >= _WIDE_TABLE
+        columns = ["run", "status", "steps", "attempts", "elapsed"] + (["output"] if wide else [])
         table = Table(title=Text(self._header), title_justify="left", expand=False)
-        for column in ("run", "status", "steps", "attempts", "elapsed", "output"):
+        for column in columns:
             table.add_column(column, no_wrap=column != "output", overflow="fold")
         for entry in self._entries:
             steps = Text()
             for slug, status in entry.step_statuses():
                 symbol, style = _SYMBOLS.get(status, ("?", ""))
-                steps.append(f"{symbol} {slug}  ", style=style)
+                if steps:
+                    steps.append("  " if wide else "\n")
+                steps.append(f"{symbol} {slug}", style=style)
             symbol, style = _SYMBOLS.get(entry.status, ("…", "dim"))
             retries = f" ({entry.failures} retried)" if entry.failures else ""
-            output = entry.run.output if entry.run is not None else None
-            table.add_row(
+            cells = [
                 Text(entry.label),
                 Text(entry.status, style=style),
                 steps,
                 Text(f"{entry.attempts}{retries}"),
                 Text(f"{entry.elapsed(now):.2f} s"),
-                Text(_preview(output)),
-            )
+            ]
+            if wide:
+                cells.append(Text(_preview(entry.run.output if entry.run is not None else None)))
+            table.add_row(*cells)
         notes = [Text(note, style="dim") for note in self._notes[-4:]]
         return Group(table, *notes)
 

@@ -152,7 +152,9 @@ def parse(path: Path) -> Page:
     return Page(path, blocks, options)
 
 
-# Pages whose commands are not run by these tests: the benchmarks take minutes.
+# Pages whose commands are not run by these tests: the benchmarks take minutes. Their
+# commands are still checked, against the benchmarks' argument parsers, by
+# test_benchmark_commands.py.
 NOT_RUN = frozenset({DOCS / "benchmarks.md"})
 
 

@@ -288,8 +288,13 @@ def backdate_started(
 
 
 def row_counts(conn: Conn, flow: str | None = None) -> dict[str, int]:
-    """Counts of every runtime table (and of a flow's queue and archive): before/after checks."""
+    """Counts of every definition and runtime table, of pgmq's queues and of the broadcasts
+    (and of a flow's queue messages and archive): compared before and after bad input."""
     queries = {
+        "flows": "select count(*) from pgflow.flows",
+        "steps": "select count(*) from pgflow.steps",
+        "deps": "select count(*) from pgflow.deps",
+        "queues": "select count(*) from pgmq.list_queues()",
         "runs": "select count(*) from pgflow.runs",
         "step_states": "select count(*) from pgflow.step_states",
         "step_tasks": "select count(*) from pgflow.step_tasks",

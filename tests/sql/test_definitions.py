@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from tests.sql.helpers import add_step, is_official, raises_sqlstate
+from tests.sql.helpers import add_step, is_official, raises_sqlstate, row_counts
 
 Conn = psycopg.Connection[Any]
 
@@ -83,15 +83,25 @@ def test_create_flow_rejects_invalid_slugs(any_db_url: str) -> None:
     """Both cores answer 23514; ours names the slug (the official one names the constraint)."""
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         ours = not is_official(conn)
+        conn.execute("select pgflow.create_flow('existing')")
+        before = row_counts(conn, "existing")
         for slug in ["1starts_with_digit", "has-dash", "has space", "", "run", "é"]:
             with raises_sqlstate("23514", *([repr(slug)] if ours else [])):
                 conn.execute("select pgflow.create_flow(%s)", (slug,))
-        assert conn.execute("select count(*) from pgflow.flows").fetchone() == (0,)
+            assert row_counts(conn, "existing") == before, slug
+        assert (before["flows"], before["queues"]) == (1, 1)
 
 
-def test_create_flow_rejects_null_slug(db_url: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn, raises_sqlstate("23514", "NULL"):
-        conn.execute("select pgflow.create_flow(null)")
+def test_create_flow_rejects_null_slug(any_db_url: str) -> None:
+    """Refused on both cores and nothing is written. Ours raises check_violation (23514) naming
+    the NULL slug, like every other invalid slug; the official SQL lets the NULL reach the
+    NOT NULL column (23502)."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        ours = not is_official(conn)
+        before = row_counts(conn)
+        with raises_sqlstate(*(["23514", "NULL", "not a valid flow slug"] if ours else ["23502"])):
+            conn.execute("select pgflow.create_flow(null)")
+        assert row_counts(conn) == before
 
 
 def test_create_flow_refuses_slugs_longer_than_pgmq_allows(any_db_url: str) -> None:
@@ -112,18 +122,28 @@ def test_create_flow_refuses_slugs_longer_than_pgmq_allows(any_db_url: str) -> N
         assert queue_exists(conn, "f" * 47)
 
 
-def test_create_flow_rejects_bad_options(db_url: str) -> None:
+def test_create_flow_rejects_bad_options(any_db_url: str) -> None:
+    """23514 on both cores, before anything is written; ours names the flow and the option.
+    The official SQL takes an explicit NULL option as NULL (see above), so each case passes
+    the defaults for the options it does not test."""
     cases = [
-        ("-1, null, null", "max_attempts"),
-        ("null, -1, null", "base_delay"),
+        ("-1, 5, 60", "max_attempts"),
+        ("3, -1, 60", "base_delay"),
         ("3, 5, 0", "timeout"),
     ]
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        ours = not is_official(conn)
+        before = row_counts(conn)
         for args, needle in cases:
-            with raises_sqlstate("23514", "'orders'", needle):
+            with raises_sqlstate("23514", *(["'orders'", needle] if ours else [])):
                 conn.execute(f"select pgflow.create_flow('orders', {args})".encode())
+            assert row_counts(conn) == before, needle
         assert flow_row(conn, "orders") is None
         assert not queue_exists(conn, "orders")
+        if ours:  # explicit NULLs mean the defaults (the official SQL refuses them, 23502)
+            with raises_sqlstate("23514", "'orders'", "max_attempts"):
+                conn.execute("select pgflow.create_flow('orders', -1, null, null)")
+            assert row_counts(conn) == before
 
 
 # -- add_step ---------------------------------------------------------------------------------
@@ -168,8 +188,15 @@ def test_add_step_returns_an_existing_step_unchanged(db_url: str) -> None:
 def test_add_step_unknown_flow(any_db_url: str) -> None:
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         ours = not is_official(conn)
+        conn.execute("select pgflow.create_flow('f')")
+        add_step(conn, "f", "a")
+        before = row_counts(conn, "f")
         with raises_sqlstate("23503", *(["'ghost'", "does not exist"] if ours else [])):
             add_step(conn, "ghost", "a")
+        with raises_sqlstate("23503", *(["'ghost'", "does not exist"] if ours else [])):
+            add_step(conn, "ghost", "b", ["a"])
+        assert row_counts(conn, "f") == before
+        assert (before["flows"], before["steps"], before["queues"]) == (1, 1, 1)
 
 
 def test_add_step_unknown_dependency(any_db_url: str) -> None:
@@ -178,20 +205,36 @@ def test_add_step_unknown_dependency(any_db_url: str) -> None:
         conn.execute("select pgflow.create_flow('f')")
         add_step(conn, "f", "a")
         ours = not is_official(conn)
+        before = row_counts(conn, "f")
         with raises_sqlstate("23503", *(["'f'", "'b'", "x, y"] if ours else [])):
             add_step(conn, "f", "b", ["a", "y", "x"])
-        assert conn.execute("select count(*) from pgflow.steps").fetchone() == (1,)
+        assert row_counts(conn, "f") == before
+        assert (before["steps"], before["deps"]) == (1, 0)
 
 
 def test_map_step_with_two_dependencies_is_refused(any_db_url: str) -> None:
+    """P0001 on both cores, naming the step and its dependencies; ours also names the flow
+    (0.8.1 words it "can have at most one dependency"). Nothing of the step is written; maps
+    with no or one dependency are fine."""
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         conn.execute("select pgflow.create_flow('f')")
         add_step(conn, "f", "a")
         add_step(conn, "f", "b")
-        with raises_sqlstate("P0001", 'Map step "m"', "a, b"):
+        before = row_counts(conn, "f")
+        ours = not is_official(conn)
+        ours_message = (
+            'Map step "m" can only have zero or one dependency, but 2 were provided: a, b'
+            " (flow 'f')"
+        )
+        needles = [ours_message] if ours else ['Map step "m"', "but 2 were provided: a, b"]
+        with raises_sqlstate("P0001", *needles):
             add_step(conn, "f", "m", ["a", "b"], step_type="map")
+        assert row_counts(conn, "f") == before
+        assert (before["steps"], before["deps"]) == (2, 0)
         add_step(conn, "f", "root_map", step_type="map")
         add_step(conn, "f", "dep_map", ["a"], step_type="map")
+        after = row_counts(conn, "f")
+        assert (after["steps"], after["deps"]) == (4, 1)
 
 
 def test_add_step_refuses_duplicate_dependencies(db_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Upgrading a database built by 0001 to 0002 in place, with runs in flight."""
+"""Upgrading a database built by 0001 to the latest migration in place, with runs in flight."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgflow_worker._database import migrate
+from pgflow_worker._database import list_migrations, migrate
 from pgflow_worker.errors import MigrationError
 from tests._stack import Stack
 from tests.sql.helpers import (
@@ -66,6 +66,11 @@ def claim(conn: Conn, flow: str, run_id: uuid.UUID, step_slug: str, qty: int = 1
     return start_tasks(conn, flow, ids)
 
 
+#: Every migration after the first, as migrate reports them and as pgflow.migrations lists them.
+LATER = [m.path.name for m in list_migrations()[1:]]
+ALL_VERSIONS = [m.version for m in list_migrations()]
+
+
 def versions(conn: Conn) -> list[str]:
     return [r[0] for r in conn.execute("select version from pgflow.migrations order by 1")]
 
@@ -80,9 +85,10 @@ def test_migrate_can_stop_at_a_version(old: Conn, old_url: str) -> None:
     with pytest.raises(MigrationError, match="no migration '0009'"):
         migrate(old_url, target="0009")
     report = migrate(old_url)
-    assert report.applied == ["0002_conditions.sql"]
+    assert report.applied == LATER
+    assert LATER[:1] == ["0002_conditions.sql"]
     assert report.already_applied == ["0001_pgflow_core.sql"]
-    assert versions(old) == ["0001", "0002"]
+    assert versions(old) == ALL_VERSIONS
     assert migrate(old_url).applied == []
 
 
@@ -114,7 +120,7 @@ def test_runs_in_flight_finish_after_the_upgrade(old: Conn, old_url: str) -> Non
     migrate(old_url)
 
     # The connection opened before the upgrade keeps working (no stale cached plans).
-    assert versions(old) == ["0001", "0002"]
+    assert versions(old) == ALL_VERSIONS
     assert statuses(old, mid_map) == {"a": "completed", "m": "started", "b": "created"}
     assert [t["status"] for t in task_rows(old, mid_map, "m")] == [
         "completed",
@@ -186,3 +192,46 @@ def test_existing_definitions_get_the_defaults_and_new_features_work(
     assert run_row(old, run_id)["output"] == {"end": "ok"}
     assert_run_consistent(old, run_id)
     old.execute("select pgflow.prune_data_older_than('1 day')")
+
+
+def test_0003_replaces_functions_in_place_keeping_their_grants(stack: Stack) -> None:
+    """0003 redefines add_step, _skip_step and _terminate_run_tasks with the same signatures:
+    EXECUTE granted on them at 0002 is still there afterwards, and add_step's new message
+    is in force on a connection opened before the upgrade."""
+    name = f"pgflow_upgrade_{uuid.uuid4().hex[:12]}"
+    role = f"pgflow_app_{uuid.uuid4().hex[:8]}"
+    add_step_sig = (
+        "pgflow.add_step(text, text, text[], integer, integer, integer, integer, text,"
+        " jsonb, jsonb, text, text)"
+    )
+    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("create role {}").format(sql.Identifier(role)))
+    try:
+        url = stack.url(name)
+        assert migrate(url, target="0002").applied == [
+            "0001_pgflow_core.sql",
+            "0002_conditions.sql",
+        ]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("grant execute on function {} to {}").format(
+                    sql.SQL(add_step_sig), sql.Identifier(role)
+                )
+            )
+            define_flow(conn, "f", [("a", []), ("b", [])])
+            with pytest.raises(psycopg.Error) as before:
+                conn.execute("select pgflow.add_step('f', 'm', '{a,b}', step_type => 'map')")
+            assert "(flow 'f')" not in str(before.value)
+            assert migrate(url).applied == ["0003_lock_order.sql"]
+            with pytest.raises(psycopg.Error) as after:
+                conn.execute("select pgflow.add_step('f', 'm', '{a,b}', step_type => 'map')")
+            assert "(flow 'f')" in str(after.value)
+            row = conn.execute(
+                "select has_function_privilege(%s, %s, 'execute')", (role, add_step_sig)
+            ).fetchone()
+            assert row == (True,)
+    finally:
+        stack.drop(name)
+        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))

@@ -21,6 +21,7 @@ from tests.sql.helpers import (
     raises_sqlstate,
     read_and_start,
     read_ids,
+    row_counts,
     run_row,
     start_flow,
     start_tasks,
@@ -314,17 +315,21 @@ def test_unknown_run_or_task(any_db_url: str) -> None:
             (run_id, "zz", 0, [str(run_id), "zz[0]"]),
             (run_id, "a", 3, [str(run_id), "a[3]"]),
         ]
+        before = row_counts(conn, "f")
+        tasks_before = task_rows(conn, run_id)
         for rid, step, index, needles in cases:
             task = Task("f", rid, step, None, 0, index)
             if is_official(conn):
                 assert complete(conn, task, 1) == []
                 assert fail(conn, task, "x") == []
-                continue
-            with raises_sqlstate("P0002", "complete_task", *needles):
-                complete(conn, task, 1)
-            with raises_sqlstate("P0002", "fail_task", *needles):
-                fail(conn, task, "x")
+            else:
+                with raises_sqlstate("P0002", "complete_task", *needles):
+                    complete(conn, task, 1)
+                with raises_sqlstate("P0002", "fail_task", *needles):
+                    fail(conn, task, "x")
+            assert row_counts(conn, "f") == before, (rid, step, index)
         assert run_row(conn, run_id)["status"] == "started"
+        assert task_rows(conn, run_id) == tasks_before
 
 
 def test_finishing_a_task_that_is_not_started(any_db_url: str) -> None:
@@ -338,6 +343,8 @@ def test_finishing_a_task_that_is_not_started(any_db_url: str) -> None:
         complete(conn, first, "done")
         queued = Task("f", run_id, "m", None, 0, 2)
         events_before = event_names(conn, run_id)
+        before = row_counts(conn, "f")
+        assert (before["queue"], before["archive"]) == (2, 1)
         if is_official(conn):
             complete(conn, queued, "x")
             complete(conn, first, "again")
@@ -356,6 +363,7 @@ def test_finishing_a_task_that_is_not_started(any_db_url: str) -> None:
         ]
         assert step_states(conn, run_id)["m"]["remaining_tasks"] == 2
         assert event_names(conn, run_id) == events_before
+        assert row_counts(conn, "f") == before
 
 
 # -- late calls -------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from pgflow_worker._cli import app
-from pgflow_worker._database import EmbeddedPostgres, find_bindir, migrate
+from pgflow_worker._database import EmbeddedPostgres, find_bindir, migrate, pgserver_bindir
 from pgflow_worker._database import cluster as cluster_module
 from pgflow_worker._database.embedded import server_processes
 from pgflow_worker._demo import DemoOptions, _Interrupted, _Signals, run_demo
@@ -390,6 +390,42 @@ async def test_demo_with_supabase_for_the_client(db_url: str) -> None:
     assert_completed(result)
     assert f"Supabase {standin.url} (client)" in result.stdout
     assert "PgflowClient (Supabase Realtime)" in result.stdout
+
+
+def test_without_system_binaries_the_demo_runs_on_pgserver(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What the README promises a machine without PostgreSQL: the bundled server instead."""
+    bundled = pgserver_bindir()
+    if bundled is None:
+        pytest.skip("pgserver is not installed (pip install 'pgflow-py[embedded]')")
+    path = tmp_path / "bin"  # no pg_config; runuser only, for running the server as root
+    path.mkdir()
+    if (runuser := shutil.which("runuser")) is not None:
+        (path / "runuser").symlink_to(runuser)
+    monkeypatch.setenv("PGFLOW_PG_BINDIR", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("PATH", str(path))
+    monkeypatch.setattr(cluster_module, "SYSTEM_PG_ROOT", tmp_path / "no-debian")
+    assert find_bindir() == bundled
+    folder = Path(tempfile.mkdtemp(prefix="pgflow-demo-pgserver-", dir="/tmp"))
+    try:
+        out = io.StringIO()
+        errors = io.StringIO()
+        code = run_demo(
+            DemoOptions(runs=1, live=False, directory=folder),
+            console=Console(file=out, width=200),
+            errors=Console(file=errors, width=200),
+            environ={},
+        )
+        assert code == 0, out.getvalue() + errors.getvalue()
+        first = out.getvalue().splitlines()[0]
+        assert re.match(r"pgflow demo · PostgreSQL 16[.\d]* \(pgserver binaries\) in ", first)
+        assert "2 runs, 10 tasks (1 retried)" in out.getvalue()
+        assert leftovers(folder) == []
+    finally:
+        for pid in server_processes(folder / "data"):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- the live view (in-process, into a console of the test's own) -----------------------------

@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Message", "PgflowSqlClient", "StepTask", "configure_connection"]
+__all__ = ["Message", "PgflowSqlClient", "SqlCallStats", "StepTask", "configure_connection"]
 
 
 def _dumps(obj: Any) -> str:
@@ -28,6 +28,33 @@ async def configure_connection(conn: AsyncConnection[Any]) -> None:
     """Fast JSON for every pooled connection."""
     set_json_dumps(_dumps, conn)
     set_json_loads(orjson.loads, conn)
+
+
+@dataclass(slots=True)
+class SqlCallStats:
+    """Running counts of the SQL calls a worker made: how often it polled, for how many
+    messages, and how often it went back to the database for a run's input.
+
+    Plain integers, cheap enough to keep on in production; handy for metrics and for checking
+    that the worker batches its polls and caches flow inputs as it should.
+    """
+
+    #: ``pgmq.read_with_poll`` calls (idle polls included).
+    polls: int = 0
+    #: Free slots offered across those polls (the ``qty`` argument, summed).
+    slots_offered: int = 0
+    #: Messages the polls returned.
+    messages_read: int = 0
+    #: ``pgflow.start_tasks`` calls.
+    start_tasks_calls: int = 0
+    #: Tasks those calls claimed.
+    tasks_started: int = 0
+    #: ``select input from pgflow.runs`` queries made to fill ``ctx.flow_input``.
+    flow_input_loads: int = 0
+    #: ``pgflow.complete_task`` calls.
+    completions: int = 0
+    #: ``pgflow.fail_task`` calls.
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +106,13 @@ class StepTask:
 class PgflowSqlClient:
     """Typed calls to the pgflow functions a worker needs, over a connection pool."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]]) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        stats: SqlCallStats | None = None,
+    ) -> None:
         self._pool = pool
+        self.stats = stats if stats is not None else SqlCallStats()
         self._legacy_input: bool | None = None
         self._has_stopped_at = True
 
@@ -143,6 +175,8 @@ class PgflowSqlClient:
         self, queue: str, visibility_timeout: int, qty: int, max_poll_seconds: int, poll_ms: int
     ) -> list[Message]:
         """Phase one: reserve up to ``qty`` messages, polling server-side for a while."""
+        self.stats.polls += 1
+        self.stats.slots_offered += qty
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "select msg_id, read_ct, enqueued_at, vt, message, headers"
@@ -150,6 +184,7 @@ class PgflowSqlClient:
                 (queue, visibility_timeout, qty, max_poll_seconds, poll_ms),
             )
             rows = await cur.fetchall()
+        self.stats.messages_read += len(rows)
         return [Message(*row) for row in rows]
 
     async def start_tasks(
@@ -158,6 +193,7 @@ class PgflowSqlClient:
         """Phase two: claim the tasks behind the messages; messages without one are skipped."""
         if self._legacy_input is None:
             await self.detect_flavour()
+        self.stats.start_tasks_calls += 1
         async with self._pool.connection() as conn, conn.pipeline():
             started = await conn.execute(
                 "select to_jsonb(t) from pgflow.start_tasks(%s, %s::bigint[], %s) t",
@@ -173,6 +209,7 @@ class PgflowSqlClient:
             )
             records = [row[0] for row in await started.fetchall()]
             attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
+        self.stats.tasks_started += len(records)
         return [self._to_task(r, attempt_by_msg.get(r["msg_id"], 1)) for r in records]
 
     def _to_task(self, record: dict[str, Any], attempt: int) -> StepTask:
@@ -196,6 +233,7 @@ class PgflowSqlClient:
         )
 
     async def complete_task(self, task: StepTask, output: Any) -> None:
+        self.stats.completions += 1
         async with self._pool.connection() as conn:
             await conn.execute(
                 "select 1 from pgflow.complete_task(%s, %s, %s, %s)",
@@ -203,6 +241,7 @@ class PgflowSqlClient:
             )
 
     async def fail_task(self, task: StepTask, error_message: str) -> None:
+        self.stats.failures += 1
         async with self._pool.connection() as conn:
             await conn.execute(
                 "select 1 from pgflow.fail_task(%s, %s, %s, %s)",
@@ -210,6 +249,7 @@ class PgflowSqlClient:
             )
 
     async def load_flow_input(self, run_id: uuid.UUID) -> Any:
+        self.stats.flow_input_loads += 1
         async with self._pool.connection() as conn:
             cur = await conn.execute("select input from pgflow.runs where run_id = %s", (run_id,))
             row = await cur.fetchone()

@@ -3,8 +3,10 @@
 The loop follows pgflow's Edge Worker: register a row in ``pgflow.workers`` and heartbeat it;
 read messages (``pgmq.read_with_poll``), claim their tasks (``pgflow.start_tasks``), run the
 handlers, then ``complete_task`` or ``fail_task``. Retries, backoff and run state live in SQL;
-the worker only executes. It polls again as soon as a slot frees up instead of waiting for
-the whole batch, and it enforces each step's ``timeout`` on the handler itself.
+the worker only executes. It polls again while handlers still run instead of waiting for the
+whole batch: once a slot frees up it takes every free slot, and under load waits up to 20 ms
+for half a batch of them, so a busy worker reads several messages per round trip rather than
+one each time a handler ends. It enforces each step's ``timeout`` on the handler itself.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ._context import FlowInputCache, StepContext
 from ._flow import Flow, StepDefinition
 from ._settings import WorkerSettings
 from ._shape import ensure_flow
-from ._sql_client import Message, PgflowSqlClient, StepTask, configure_connection
+from ._sql_client import Message, PgflowSqlClient, SqlCallStats, StepTask, configure_connection
 from .errors import WorkerError
 
 __all__ = ["FlowWorker", "run_worker"]
@@ -90,6 +92,14 @@ class FlowWorker:
         self._client: PgflowSqlClient | None = None
         self.completed = 0
         self.failed = 0
+        #: Counts of the SQL calls this worker made (polls, messages, flow-input loads, ...).
+        self.stats = SqlCallStats()
+
+    @property
+    def application_name(self) -> str:
+        """The ``application_name`` of the worker's connections, as ``pg_stat_activity`` shows
+        it: one worker's connections can be told apart from another's on the server."""
+        return f"pgflow-worker {self.worker_id}"
 
     # -- public control -----------------------------------------------------------------------
 
@@ -124,7 +134,7 @@ class FlowWorker:
             self.dsn,
             min_size=1,
             max_size=self.settings.max_pg_connections,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "application_name": self.application_name},
             configure=configure_connection,
             open=False,
             name=f"pgflow-worker-{self.flow.slug}",
@@ -132,7 +142,9 @@ class FlowWorker:
         try:
             # One direct attempt first: it fails at once with the server's own reason,
             # where the pool would retry quietly until its timeout.
-            probe = await AsyncConnection.connect(self.dsn, connect_timeout=10)
+            probe = await AsyncConnection.connect(
+                self.dsn, connect_timeout=10, application_name=self.application_name
+            )
             await probe.close()
             await pool.open(wait=True, timeout=30)
         except Exception as exc:
@@ -141,7 +153,7 @@ class FlowWorker:
                 f"worker for flow {self.flow.slug!r} cannot connect to "
                 f"{describe_dsn(self.dsn)}: {redact(str(exc)).strip()}"
             ) from None
-        client = self._client = PgflowSqlClient(pool)
+        client = self._client = PgflowSqlClient(pool, self.stats)
         inputs = FlowInputCache(client)
         removers: list[Callable[[], None]] = []
         try:
@@ -210,8 +222,8 @@ class FlowWorker:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
                 deprecated = await client.heartbeat(self.worker_id)
-            except psycopg.Error as exc:
-                log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # a missed heartbeat is retried on the next tick
+                log.warning("heartbeat failed: %s", _describe(exc))
                 continue
             if deprecated:
                 log.info("worker %s was deprecated: stopping", self.worker_id)
@@ -238,16 +250,25 @@ class FlowWorker:
                 done, _ = await asyncio.wait({poll, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if poll not in done:
                     poll.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
                         await poll
                     self._release(free)
                     break
                 try:
                     claimed = poll.result()
-                except (psycopg.Error, OSError) as exc:
+                except Exception as exc:
+                    # Whatever broke this poll (the database, the network, a message that
+                    # cannot be decoded) may be gone by the next one: log, back off, go on.
+                    # Cancellation is no Exception and ends the loop.
                     self._release(free)
                     backoff = min(max(backoff * 2, 0.5), 10.0)
-                    log.warning("poll failed (%s); retrying in %.1fs", exc, backoff)
+                    expected = isinstance(exc, (psycopg.Error, OSError))
+                    log.warning(
+                        "poll failed (%s); retrying in %.1fs",
+                        _describe(exc),
+                        backoff,
+                        exc_info=None if expected else exc,
+                    )
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
                     continue

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgflow_worker import Flow, FlowShapeMismatch, FlowWorker, WorkerError
+from pgflow_worker import Flow, FlowShapeMismatch, FlowWorker, WorkerError, ensure_flow
 from tests.worker.helpers import start_run, wait_run
 
 FAST = {"max_poll_seconds": 1, "poll_interval_ms": 20}
@@ -100,3 +100,55 @@ async def test_unreachable_database_is_a_clear_error() -> None:
     ) as caught:
         await worker.run(install_signal_handlers=False)
     assert "pw" not in str(caught.value)
+
+
+class _LogEvent(logging.Handler):
+    """Sets an event when a record containing ``text`` is logged (on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.event = asyncio.Event()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.records.append(record)
+            self.event.set()
+
+
+async def test_a_poll_failing_outside_the_database_driver_is_survived(db_url: str) -> None:
+    """A message nested deeper than the JSON decoder allows breaks the poll that reads it
+    (orjson raises, not psycopg): the worker logs it, backs off and keeps serving the flow."""
+    flow = two_steps("poisoned")
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await ensure_flow(conn, flow)
+        cur = await conn.execute(
+            "select * from pgmq.send('poisoned', %s::jsonb)", ("[" * 1100 + "]" * 1100,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        poison_id = row[0]
+    watcher = _LogEvent("poll failed")
+    logger = logging.getLogger("pgflow.worker")
+    logger.addHandler(watcher)
+    worker = FlowWorker(flow, db_url, **FAST)
+    runner = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        logged = asyncio.create_task(watcher.event.wait())
+        await asyncio.wait({runner, logged}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        assert not runner.done(), runner.exception() if runner.done() else None
+        assert logged.done(), "no poll failure was logged"
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await conn.execute("select pgmq.delete('poisoned', %s::bigint)", (poison_id,))
+        run = await wait_run(db_url, await start_run(db_url, "poisoned", {}))
+        assert (run["status"], run["output"]) == ("completed", {"two": 2})
+        assert not runner.done()
+    finally:
+        logger.removeHandler(watcher)
+        worker.stop()
+        await asyncio.wait_for(runner, 30)
+    record = watcher.records[0]
+    assert record.levelno == logging.WARNING
+    assert "JSONDecodeError" in record.getMessage()
+    assert record.exc_info is not None  # an unexpected kind of failure comes with its traceback

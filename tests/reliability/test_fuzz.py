@@ -8,10 +8,13 @@ nothing; the run keeps following its real events.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +30,7 @@ from pgflow_client import (
     FlowNotFound,
     FlowRun,
     FlowRunStatus,
+    FlowStepStatus,
     InvalidFlowInput,
     PgflowClient,
     PgflowClientError,
@@ -375,7 +379,95 @@ def malformed_broadcasts(draw: st.DrawFn, run_id: str, flow_slug: str) -> tuple[
     return event, payload
 
 
-Sender = Callable[[str, list[tuple[str, Any]]], Awaitable[None]]
+class ClientLog(logging.Handler):
+    """What the client's loggers say while a test runs (``pgflow.client``, and ``realtime``,
+    realtime-py's), with a bounded wait for the lines it expects: the proof that junk sent to
+    a client was read and dropped, not merely still on its way."""
+
+    LOGGERS = ("pgflow.client", "realtime")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._loop = asyncio.get_running_loop()
+        self._grew = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self._grew.set)
+
+    @property
+    def messages(self) -> list[str]:
+        """What ``pgflow.client`` logged, in order."""
+        return [r.getMessage() for r in self.records if r.name.startswith("pgflow.client")]
+
+    def realtime_errors(self) -> list[str]:
+        return [
+            r.getMessage()
+            for r in self.records
+            if r.name.startswith("realtime") and r.levelno >= logging.ERROR
+        ]
+
+    async def wait_for(
+        self, check: Callable[[list[str]], bool], *, within: float, what: Callable[[], str]
+    ) -> None:
+        try:
+            async with asyncio.timeout(within):
+                while not check(self.messages):
+                    self._grew.clear()
+                    await self._grew.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"pgflow.client did not log {what()} within {within:g} s; "
+                f"it logged: {self.messages}"
+            ) from None
+
+    def drops(self) -> list[str]:
+        return [m for m in self.messages if m.startswith("Dropping broadcast ")]
+
+    def unmatched(self, events: list[Any]) -> list[Any]:
+        """The events among ``events`` not (yet) logged as dropped, one log line each."""
+        lines = self.drops()
+        missing = []
+        for event in events:
+            prefix = f"Dropping broadcast {event!r}: "
+            found = next((line for line in lines if line.startswith(prefix)), None)
+            if found is None:
+                missing.append(event)
+            else:
+                lines.remove(found)
+        return missing
+
+    async def wait_for_drops(self, events: list[Any], *, within: float = 15) -> None:
+        """Wait until every one of ``events`` is logged as dropped; then no other may be."""
+        await self.wait_for(
+            lambda _: not self.unmatched(events),
+            within=within,
+            what=lambda: f"drops of {events} (missing: {self.unmatched(events)})",
+        )
+        assert len(self.drops()) == len(events), self.drops()
+
+
+@contextlib.contextmanager
+def client_log() -> Iterator[ClientLog]:
+    handler = ClientLog()
+    loggers = [logging.getLogger(name) for name in ClientLog.LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield handler
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+Sender = Callable[[str, list[tuple[str, Any]], ClientLog], Awaitable[None]]
+"""Sends a run's junk, and waits (bounded) until the client's log shows it was all handled."""
 
 
 async def check_malformed_broadcasts_change_nothing(
@@ -386,8 +478,12 @@ async def check_malformed_broadcasts_change_nothing(
     run.on("*", lambda e: seen.append(e.event_type))
     run.step("a").on("*", lambda e: seen.append(e.event_type))
     junk = data.draw(st.lists(malformed_broadcasts(run.run_id, FLOW), min_size=1, max_size=8))
-    await send(run.run_id, junk)
+    with client_log() as log:
+        await send(run.run_id, junk, log)
+    # Every piece of junk has reached the client and been dropped: nothing moved.
     assert run.status is FlowRunStatus.STARTED
+    assert run.step("a").status is FlowStepStatus.STARTED
+    assert seen == []
     finish_task(db_url, run)  # the real transition, committed after the junk
     await run.wait_for_status("completed", timeout=30)
     assert seen == ["step:completed", "run:completed"]
@@ -430,7 +526,7 @@ async def test_malformed_broadcasts_over_postgres(db_url: str, data: st.DataObje
     if not _defined(db_url):
         define(db_url)
 
-    async def send(run_id: str, junk: list[tuple[str, Any]]) -> None:
+    async def send(run_id: str, junk: list[tuple[str, Any]], log: ClientLog) -> None:
         topic = f"pgflow:run:{run_id}"
         with psycopg.connect(db_url, autocommit=True) as conn:
             for event, payload in junk:
@@ -442,15 +538,35 @@ async def test_malformed_broadcasts_over_postgres(db_url: str, data: st.DataObje
                 " (%s, 'broadcast', null, null), (%s, 'broadcast', '[1, 2]', 'run:completed')",
                 (topic, topic),
             )
+        # Rows are read back and parsed: each one is logged as dropped.
+        await log.wait_for_drops([event for event, _ in junk] + [None, "run:completed"])
+
+        # Then garbage notifications, after the rows (one that fails the read of its batch
+        # would take rows batched with it along). Those naming no message the client can read
+        # are dropped silently: each comes before one that is logged, and the client handles
+        # notifications in order.
+        before = len(log.messages)
+        with psycopg.connect(db_url, autocommit=True) as conn:
             for note in [
+                json.dumps({"id": None, "topic": None}),
+                json.dumps({"id": str(uuid.uuid4()), "topic": topic}),
                 "not json",
                 "{}",
-                json.dumps({"id": "not-a-uuid", "topic": topic}),
-                json.dumps({"id": str(uuid.uuid4()), "topic": topic}),
-                json.dumps({"id": None, "topic": None}),
                 json.dumps([topic]),
+                json.dumps({"id": "not-a-uuid", "topic": topic}),
             ]:
                 conn.execute("select pg_notify('realtime_broadcast', %s)", (note,))
+
+        def handled(messages: list[str]) -> bool:
+            new = messages[before:]
+            malformed = [m for m in new if m.startswith("ignored a malformed")]
+            return len(malformed) == 3 and any(m.startswith("could not read") for m in new)
+
+        await log.wait_for(
+            handled,
+            within=15,
+            what=lambda: "3 malformed notifications and the unreadable message id",
+        )
 
     async with await PgflowClient.connect(db_url) as client:
         await check_malformed_broadcasts_change_nothing(client, db_url, send, data)
@@ -460,16 +576,20 @@ async def test_malformed_broadcasts_over_postgres(db_url: str, data: st.DataObje
 @given(data=st.data())
 async def test_malformed_broadcasts_over_supabase(db_url: str, data: st.DataObject) -> None:
     """Anyone may broadcast on a public channel: junk pushed through Realtime's broadcast API
-    (JSON of every shape, NaN included) reaches the client and must be dropped."""
+    (JSON of every shape, NaN included) must be dropped, by realtime-py when the payload is not
+    an object, by the client otherwise."""
     if not _defined(db_url):
         define(db_url)
     async with SupabaseStandIn(db_url) as standin, httpx.AsyncClient() as http:
 
-        async def send(run_id: str, junk: list[tuple[str, Any]]) -> None:
+        async def send(run_id: str, junk: list[tuple[str, Any]], log: ClientLog) -> None:
             topic = quote(f"pgflow:run:{run_id}", safe="")
-            for event, payload in [*junk, ("run:completed", float("nan"))]:
-                if not event:
-                    continue  # an empty event name has no URL
+            # An empty event name has no URL. The last one is dropped by the client, whatever
+            # the junk: once it is, everything sent before it has been handled (in order).
+            sent = [(event, payload) for event, payload in junk if event]
+            sent.append(("run:completed", float("nan")))
+            sentinel = ("run:completed", {"run_id": run_id, "sentinel": True})
+            for event, payload in [*sent, sentinel]:
                 body = json.dumps(payload)  # NaN goes out as the bare token NaN
                 path = f"/realtime/v1/api/broadcast/{topic}/events/{quote(event, safe='')}"
                 response = await http.post(
@@ -478,6 +598,11 @@ async def test_malformed_broadcasts_over_supabase(db_url: str, data: st.DataObje
                     headers={"apikey": standin.key, "Content-Type": "application/json"},
                 )
                 assert response.status_code == 202, response.text
+            # realtime-py itself refuses broadcasts whose payload is not an object (logging an
+            # error); pgflow's client drops, and logs, every other one.
+            objects = [event for event, payload in sent if isinstance(payload, dict)]
+            await log.wait_for_drops([*objects, sentinel[0]])
+            assert len(log.realtime_errors()) == len(sent) - len(objects), log.realtime_errors()
 
         supabase = await acreate_client(standin.url, standin.key)
         try:
@@ -487,29 +612,37 @@ async def test_malformed_broadcasts_over_supabase(db_url: str, data: st.DataObje
             await close_client(supabase)
 
 
-async def test_event_on_one_runs_topic_naming_another_run_is_ignored(db_url: str) -> None:
+async def test_event_on_one_runs_topic_naming_another_run_is_ignored(
+    clients: PgflowClient, db_url: str
+) -> None:
     """A broadcast delivered on run A's topic but carrying run B's id is malformed: it must not
-    move run B (whose own topic never carried it)."""
-    define(db_url)
-    async with await PgflowClient.connect(db_url) as client:
-        a = await client.start_flow(FLOW, {})
-        b = await client.start_flow(FLOW, {})
-        forged = {
-            "run_id": b.run_id,
-            "flow_slug": FLOW,
-            "status": "completed",
-            "output": {"forged": True},
-            "completed_at": "2026-01-01T00:00:00+00:00",
-        }
+    move run B (whose own topic never carried it). The client logs the drop."""
+    a = await clients.start_flow(FLOW, {})
+    b = await clients.start_flow(FLOW, {})
+    forged = {
+        "run_id": b.run_id,
+        "flow_slug": FLOW,
+        "status": "completed",
+        "output": {"forged": True},
+        "completed_at": "2026-01-01T00:00:00+00:00",
+    }
+    with client_log() as log:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute(
                 "select realtime.send(%s, 'run:completed', %s, false)",
                 (Jsonb(forged), f"pgflow:run:{a.run_id}"),
             )
-        finish_task_of_both(db_url)
-        await a.wait_for_status("completed", timeout=30)
-        await b.wait_for_status("completed", timeout=30)
-        assert b.output == {"a": {"real": True}}
+        expected = f"dropped run:completed for run {b.run_id} that arrived on the topic of run"
+        await log.wait_for(
+            lambda messages: any(m.startswith(expected) for m in messages),
+            within=15,
+            what=lambda: repr(expected),
+        )
+    assert (a.status, b.status) == (FlowRunStatus.STARTED, FlowRunStatus.STARTED)
+    finish_task_of_both(db_url)
+    await a.wait_for_status("completed", timeout=30)
+    await b.wait_for_status("completed", timeout=30)
+    assert b.output == {"a": {"real": True}}
 
 
 def finish_task_of_both(db_url: str) -> None:

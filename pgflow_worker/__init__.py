@@ -32,11 +32,13 @@ from ._flow import (
 )
 from ._settings import WorkerSettings
 from ._shape import EnsureResult, FlowShape, compare_flow_shapes, ensure_flow, flow_shape
+from ._sql_client import SqlCallStats
 from ._worker import FlowWorker, run_worker
 from .errors import (
     DatabaseSetupError,
     FlowDefinitionError,
     FlowShapeMismatch,
+    HandlerContextError,
     HandlerInputError,
     HandlerOutputError,
     MigrationError,
@@ -54,6 +56,7 @@ __all__ = [
     "FlowShape",
     "FlowShapeMismatch",
     "FlowWorker",
+    "HandlerContextError",
     "HandlerInputError",
     "HandlerOutputError",
     "JsonPattern",
@@ -61,6 +64,7 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "PgflowError",
+    "SqlCallStats",
     "StepContext",
     "StepDefinition",
     "StepNotFound",

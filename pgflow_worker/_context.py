@@ -7,16 +7,20 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg_pool import AsyncConnectionPool
 
 from ._settings import WorkerSettings
 from ._sql_client import PgflowSqlClient, StepTask
+from .errors import HandlerContextError
+
+_T = TypeVar("_T")
 
 __all__ = ["FlowInputCache", "StepContext"]
 
@@ -72,7 +76,9 @@ class StepContext:
 
     ``flow_input`` is the run's input (loaded on first use and cached per run): sync handlers
     read the property; async handlers ``await ctx.get_flow_input()``. ``shutdown`` is set when
-    the worker begins a graceful stop, so long handlers can wind down early.
+    the worker begins a graceful stop, so long handlers can wind down early. The database is
+    at hand through the worker's own connection pool: ``async with ctx.connection()`` in async
+    handlers, ``ctx.execute(...)`` in sync ones.
     """
 
     task: StepTask
@@ -111,6 +117,16 @@ class StepContext:
         """True once the worker is stopping (safe to read from any thread)."""
         return self._shutdown_flag.is_set()
 
+    def wait_for_shutdown(self, timeout: float | None = None) -> bool:
+        """Block a sync handler's thread until the worker begins a graceful stop, or until
+        ``timeout`` seconds have passed; True when the stop has begun.
+
+        The thread-safe twin of ``await ctx.shutdown.wait()``, for handlers that pause between
+        units of work and should wake up early when the worker stops.
+        """
+        self._refuse_on_loop("ctx.wait_for_shutdown()", "await ctx.shutdown.wait()")
+        return self._shutdown_flag.wait(timeout)
+
     async def get_flow_input(self) -> Any:
         """The run's input, from the task itself when the SQL supplied it, else loaded once."""
         return await self._inputs.get(self.task.run_id)
@@ -121,19 +137,53 @@ class StepContext:
         found, value = self._inputs.peek(self.task.run_id)
         if found:
             return value
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            raise RuntimeError(
-                f"step {self.step_slug!r}: in an async handler use 'await ctx.get_flow_input()' "
-                "(reading ctx.flow_input would block the event loop)"
-            )
-        return asyncio.run_coroutine_threadsafe(self.get_flow_input(), self._loop).result()
+        self._refuse_on_loop("reading ctx.flow_input", "await ctx.get_flow_input()")
+        return self._on_loop(self.get_flow_input())
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """Borrow a connection from the worker's pool for the duration of the block."""
         async with self._pool.connection() as conn:
             yield conn
+
+    def execute(
+        self, query: QueryNoTemplate, params: Params | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one SQL statement from a sync handler and return its rows (``[]`` when it
+        returns none), on a connection of the worker's pool, in autocommit.
+
+        The statement is run by the worker's event loop (``run_coroutine_threadsafe``) while
+        the handler's thread waits for it. That was chosen over opening a psycopg connection
+        of the handler's own: the query shares the pool, so a worker never holds more than
+        ``max_pg_connections`` connections however many sync handlers run, its connections
+        keep the worker's ``application_name``, and no connection set-up is paid per call.
+        Each call is its own transaction; work that needs several statements in one
+        transaction belongs in a single statement (a CTE, a function) or an async handler
+        using :meth:`connection`.
+        """
+        self._refuse_on_loop("ctx.execute()", "'async with ctx.connection() as conn:'")
+        return self._on_loop(self._execute(query, params))
+
+    async def _execute(
+        self, query: QueryNoTemplate, params: Params | None
+    ) -> list[tuple[Any, ...]]:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(query, params)
+            if cursor.description is None:
+                return []
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    def _refuse_on_loop(self, what: str, instead: str) -> None:
+        """Blocking calls from the worker's loop would deadlock it: refuse them, saying why."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if running is self._loop:
+            raise HandlerContextError(
+                f"step {self.step_slug!r}: {what} blocks, and an async handler runs on the "
+                f"worker's event loop; use {instead} instead"
+            )
+
+    def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()

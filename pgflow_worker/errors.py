@@ -8,6 +8,7 @@ __all__ = [
     "DatabaseSetupError",
     "FlowDefinitionError",
     "FlowShapeMismatch",
+    "HandlerContextError",
     "HandlerInputError",
     "HandlerOutputError",
     "MigrationError",
@@ -56,6 +57,12 @@ class HandlerOutputError(PgflowError, TypeError):
 
 class WorkerError(PgflowError):
     """The worker cannot run (bad configuration, lost database, ...)."""
+
+
+class HandlerContextError(WorkerError, RuntimeError):
+    """A handler used its context in a way that cannot work, such as a blocking call
+    (``ctx.flow_input``, ``ctx.execute``) from an async handler, which would stall the
+    worker's event loop; the message names the async way to do it."""
 
 
 class DatabaseSetupError(PgflowError):

@@ -331,3 +331,58 @@ async def test_context_describes_the_task(db_url: str) -> None:
         "task_index": 1,
     }
     assert seen["shutdown"] is False
+
+
+async def test_conditions_mixed_with_a_retried_step(db_url: str) -> None:
+    """A gated step that fails once and succeeds on retry; conditions downstream are checked
+    against the output of the attempt that succeeded, and skipped steps stay skipped."""
+    flow = Flow("gated_retry", max_attempts=3, base_delay=1)
+    attempts: list[int] = []
+    seen: dict[str, Any] = {}
+
+    @flow.step(if_={"plan": "pro"})
+    def premium(input: Any) -> str:
+        raise AssertionError("the plan is free: this step is skipped")
+
+    @flow.step(if_={"plan": "free"})
+    async def fetch(input: Any, ctx: Any) -> dict[str, int]:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("the first call drops")
+        return {"attempt": ctx.attempt}
+
+    @flow.step(depends_on=[fetch], if_={"fetch": {"attempt": 2}})
+    def on_retry(input: dict[str, Any]) -> str:
+        return "after a retry"
+
+    @flow.step(depends_on=[fetch], if_={"fetch": {"attempt": 1}})
+    def first_time(input: dict[str, Any]) -> str:
+        raise AssertionError("fetch needed a retry: this step is skipped")
+
+    @flow.step(depends_on=[premium, on_retry, first_time])
+    def report(input: dict[str, Any]) -> list[str]:
+        seen["report"] = input
+        return sorted(input)
+
+    run = await run_flow(db_url, flow, {"plan": "free"})
+    assert run["status"] == "completed"
+    assert run["output"] == {"report": ["on_retry"]}
+    assert seen["report"] == {"on_retry": "after a retry"}
+    assert attempts == [1, 2]
+    states = {
+        slug: (s["status"], s["skip_reason"], s["remaining_tasks"])
+        for slug, s in run["_steps"].items()
+    }
+    assert states == {
+        "premium": ("skipped", "condition_unmet", None),
+        "fetch": ("completed", None, 0),
+        "on_retry": ("completed", None, 0),
+        "first_time": ("skipped", "condition_unmet", None),
+        "report": ("completed", None, 0),
+    }
+    tasks = {t["step_slug"]: t for t in run["_tasks"]}
+    assert set(tasks) == {"fetch", "on_retry", "report"}  # skipped steps got no task
+    assert (tasks["fetch"]["status"], tasks["fetch"]["attempts_count"]) == ("completed", 2)
+    assert tasks["fetch"]["error_message"] == "ConnectionError: the first call drops"
+    assert (tasks["on_retry"]["attempts_count"], tasks["report"]["attempts_count"]) == (1, 1)
+    assert run["remaining_steps"] == 0

@@ -186,4 +186,9 @@ class StepContext:
             )
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: an abandoned handler outlived its worker
+            coro.close()
+            raise
+        return future.result()

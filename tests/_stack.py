@@ -1,7 +1,9 @@
 """The database stack the tests run on: one server per session, one fresh database per test.
 
 The server is ``DATABASE_URL`` when that is set, otherwise a throwaway PostgreSQL started from
-the machine's binaries. Two template databases are built once per session: ``ours`` (pgflow-py's
+the machine's binaries, or from the ``pgserver`` package's (a dev dependency) when pgmq cannot be
+installed as an extension of the machine's server (a non-root user, a system extension folder
+without pgmq). Two template databases are built once per session: ``ours`` (pgflow-py's
 migrations) and, when npm can fetch it, ``official`` (the ``@pgflow/core`` package's migrations).
 Each test clones one of them, which takes about a tenth of a second.
 """
@@ -22,7 +24,15 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgflow_worker._database import LocalPostgres, ensure_pgmq, migrate, realtime_compat_sql
+from pgflow_worker._database import (
+    LocalPostgres,
+    bindir_for_pgmq_extension,
+    ensure_pgmq,
+    migrate,
+    pgmq_extension_possible,
+    realtime_compat_sql,
+    sharedir_of,
+)
 
 OFFICIAL_VERSION = "0.8.1"
 
@@ -40,13 +50,31 @@ class Stack:
         if url:
             self.admin_url = url
         else:
-            self._server = LocalPostgres().start()
+            self._server = LocalPostgres(bindir=bindir_for_pgmq_extension()).start()
             self.admin_url = self._server.dsn("postgres")
         self._suffix = uuid.uuid4().hex[:8]
         self._templates: dict[str, str] = {}
         self._failures: dict[str, str] = {}
         self._lock = threading.Lock()
         self._created: list[str] = []
+
+    # -- what the server offers ----------------------------------------------------------------
+
+    def pgmq_extension_missing(self) -> str | None:
+        """Why pgmq cannot be a real extension on this server, or None when it can."""
+        if self._server is not None:
+            if pgmq_extension_possible(self._server.bindir):
+                return None
+            return (
+                f"the server's extension folder ({sharedir_of(self._server.bindir)}/extension) "
+                "has no pgmq and is not writable here, and no pgserver binaries whose folder "
+                "is were found"
+            )
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            row = conn.execute("select 1 from pg_available_extensions where name = 'pgmq'")
+            if row.fetchone() is not None:
+                return None
+        return "the DATABASE_URL server offers no pgmq extension"
 
     # -- urls ---------------------------------------------------------------------------------
 
@@ -149,7 +177,8 @@ def _install_official(url: str) -> None:
         if ensure_pgmq(conn) != "extension":
             raise TemplateUnavailable(
                 "the official pgflow SQL needs pgmq as a real extension, and this server has "
-                "none (run the tests as root or against a server with pgmq installed)"
+                "none (run the tests as root, with the dev dependencies installed by this user "
+                "(pgserver), or against a server with pgmq installed)"
             )
         conn.execute(realtime_compat_sql().encode())
         for path in files:

@@ -1,9 +1,10 @@
 """A PostgreSQL server of our own, in a folder of its own, on a free loopback port.
 
-Used by the test suite, ``pgflow demo`` and ``pgflow migrate --local``. It runs the machine's
-PostgreSQL binaries (Debian's ``/usr/lib/postgresql/<N>/bin`` or whatever ``pg_config`` on PATH
-names). ``initdb`` and ``postgres`` refuse to run as root, so as root they run as the
-``postgres`` OS user.
+Used by the test suite and ``pgflow demo`` (through :class:`~.embedded.EmbeddedPostgres`), and
+from Python as ``LocalPostgres``. It runs the machine's PostgreSQL binaries (Debian's
+``/usr/lib/postgresql/<N>/bin`` or whatever ``pg_config`` on PATH names), or those of the
+``pgserver`` package when the machine has none. ``initdb`` and ``postgres`` refuse to run as
+root, so as root they run as the ``postgres`` OS user.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,7 +25,15 @@ from typing import Self
 from ..errors import PostgresNotFound, PostgresStartError
 from .pgmq import install_extension_files
 
-__all__ = ["FAST_SETTINGS", "LocalPostgres", "find_bindir"]
+__all__ = [
+    "FAST_SETTINGS",
+    "LocalPostgres",
+    "bindir_for_pgmq_extension",
+    "choose_bindir",
+    "find_bindir",
+    "pgmq_extension_possible",
+    "sharedir_of",
+]
 
 log = logging.getLogger("pgflow.database")
 
@@ -82,6 +91,64 @@ def find_bindir() -> Path:
     raise PostgresNotFound(f"no PostgreSQL server binaries found; {_INSTALL_HINT}")
 
 
+def sharedir_of(bindir: Path) -> Path:
+    """The share directory of the server run from ``bindir`` (where extension files go).
+
+    ``pg_config --sharedir`` when the folder has ``pg_config``, else ``../share/postgresql``.
+    """
+    pg_config = bindir / "pg_config"
+    if pg_config.is_file():
+        out = subprocess.run(
+            [str(pg_config), "--sharedir"], capture_output=True, text=True, check=True
+        )
+        return Path(out.stdout.strip())
+    return bindir.parent / "share" / "postgresql"
+
+
+def pgmq_extension_possible(bindir: Path) -> bool:
+    """Whether a server run from ``bindir`` can have pgmq as a real extension: its control file
+    is in the server's extension folder already, or this process may write it there."""
+    extension_dir = sharedir_of(bindir) / "extension"
+    return (extension_dir / "pgmq.control").is_file() or os.access(extension_dir, os.W_OK)
+
+
+def choose_bindir(candidates: Sequence[Path]) -> Path:
+    """The first of ``candidates`` whose server can have pgmq as a real extension; the first
+    candidate when none can (pgmq is then loaded as plain SQL)."""
+    if not candidates:
+        raise ValueError("choose_bindir needs at least one folder of binaries")
+    for candidate in candidates:
+        if pgmq_extension_possible(candidate):
+            if candidate != candidates[0]:
+                log.info(
+                    "pgmq cannot be installed as an extension of the server in %s (its "
+                    "extension folder is not writable); using the binaries in %s instead",
+                    candidates[0],
+                    candidate,
+                )
+            return candidate
+    return candidates[0]
+
+
+def bindir_for_pgmq_extension() -> Path:
+    """:func:`find_bindir`'s binaries, unless their server cannot have pgmq as a real extension
+    (a non-root user and a system extension folder without pgmq) while the ``pgserver``
+    package's can: then those. ``PGFLOW_PG_BINDIR`` is always used as given.
+
+    The test suite starts its server from these, since the official pgflow SQL needs
+    ``CREATE EXTENSION pgmq``.
+    """
+    found = find_bindir()
+    if os.environ.get("PGFLOW_PG_BINDIR"):
+        return found
+    from .embedded import pgserver_bindir
+
+    bundled = pgserver_bindir()
+    if bundled is None or bundled.resolve() == found.resolve():
+        return found
+    return choose_bindir([found, bundled])
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -125,13 +192,7 @@ class LocalPostgres:
     @property
     def sharedir(self) -> Path:
         """The server's share directory (where extension control files go)."""
-        pg_config = self.bindir / "pg_config"
-        if pg_config.is_file():
-            out = subprocess.run(
-                [str(pg_config), "--sharedir"], capture_output=True, text=True, check=True
-            )
-            return Path(out.stdout.strip())
-        return self.bindir.parent / "share" / "postgresql"
+        return sharedir_of(self.bindir)
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq connection string for one database of this server."""

@@ -272,3 +272,205 @@ def test_pgserver_binaries_run_pgflow(tmp_path: Path) -> None:
     finally:
         kill_server(target)
         shutil.rmtree(target, ignore_errors=True)
+
+
+# -- choosing binaries whose server can have pgmq as an extension ----------------------------
+
+_CHOOSE = r"""
+import json, sys
+from pathlib import Path
+from pgflow_worker._database import choose_bindir, pgmq_extension_possible
+
+work = Path(sys.argv[1])
+
+def install(name, *, writable, with_pgmq):
+    bindir = work / name / "bin"
+    extension_dir = work / name / "share" / "postgresql" / "extension"
+    bindir.mkdir(parents=True)
+    extension_dir.mkdir(parents=True)
+    if with_pgmq:
+        (extension_dir / "pgmq.control").write_text("default_version = '1.13.0'\n")
+    if not writable:
+        extension_dir.chmod(0o555)
+    return bindir
+
+locked = install("locked", writable=False, with_pgmq=False)
+locked_with_pgmq = install("locked_with_pgmq", writable=False, with_pgmq=True)
+open_ = install("open", writable=True, with_pgmq=False)
+other_locked = install("other_locked", writable=False, with_pgmq=False)
+print(json.dumps({
+    "possible": {p.parent.name: pgmq_extension_possible(p)
+                 for p in (locked, locked_with_pgmq, open_, other_locked)},
+    "fallback": choose_bindir([locked, open_]).parent.name,
+    "has_pgmq": choose_bindir([locked_with_pgmq, open_]).parent.name,
+    "writable_first": choose_bindir([open_, locked_with_pgmq]).parent.name,
+    "none_can": choose_bindir([locked, other_locked]).parent.name,
+}))
+"""
+
+_STACK = r"""
+import json, os, shutil, sys
+from pathlib import Path
+
+work, site = Path(sys.argv[1]), Path(sys.argv[2])
+# The pgserver package as this user's own install (as in its own virtualenv): writable. Its
+# binaries find their libraries in the pgserver.libs folder beside the package.
+package = work / "site" / "pgserver"
+package.mkdir(parents=True)
+(package / "__init__.py").write_text("")
+shutil.copytree(site / "pgserver" / "pginstall", package / "pginstall", symlinks=True)
+if (site / "pgserver.libs").is_dir():
+    shutil.copytree(site / "pgserver.libs", work / "site" / "pgserver.libs", symlinks=True)
+sys.path.insert(0, str(work / "site"))
+# The machine's PostgreSQL as a non-root user sees it: an extension folder it cannot write,
+# without pgmq. (Not runnable: the fallback must not run it.)
+debian = work / "debian"
+for tool in ("initdb", "pg_ctl", "postgres"):
+    (debian / "15" / "bin").mkdir(parents=True, exist_ok=True)
+    (debian / "15" / "bin" / tool).write_text("")
+(debian / "15" / "share" / "postgresql" / "extension").mkdir(parents=True)
+(debian / "15" / "share" / "postgresql" / "extension").chmod(0o555)
+os.environ["PATH"] = str(work)  # no pg_config on PATH
+for name in ("PGFLOW_PG_BINDIR", "DATABASE_URL"):
+    os.environ.pop(name, None)
+
+import psycopg
+from pgflow_worker._database import cluster
+cluster.SYSTEM_PG_ROOT = debian
+
+from tests._stack import Stack, TemplateUnavailable
+
+stack = Stack()
+result = {"uid": os.geteuid(), "bindir": str(stack._server.bindir),
+          "missing": stack.pgmq_extension_missing()}
+try:
+    for kind in ("ours", "official"):
+        try:
+            name = stack.clone(kind)
+        except TemplateUnavailable as exc:
+            result[kind] = f"unavailable: {exc}"
+            continue
+        with psycopg.connect(stack.url(name)) as conn:
+            row = conn.execute("select extversion from pg_extension where extname = 'pgmq'")
+            result[kind] = (row.fetchone() or ["no pgmq extension"])[0]
+finally:
+    stack.close()
+print(json.dumps(result))
+"""
+
+
+def _reachable_by(user: str, path: Path) -> bool:
+    """Whether ``user`` (not root) can reach ``path``: every folder above it is searchable by
+    others, and the path itself readable (and executable, for a file that is a program)."""
+    for parent in path.resolve().parents:
+        if not parent.stat().st_mode & 0o001:
+            return False
+    return bool(path.resolve().stat().st_mode & 0o004)
+
+
+def _non_root_python() -> tuple[list[str], str | None]:
+    """How to run Python as a non-root user, and as whom: this interpreter as ourselves when
+    not root; as root, ``runuser -u nobody`` with an interpreter of this version that nobody
+    can reach. Skips, saying why, when there is none."""
+    if os.geteuid() != 0:
+        return [sys.executable], None
+    import pwd
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root and there is no 'nobody' user to run the check as")
+    if shutil.which("runuser") is None:
+        pytest.skip("running as root and runuser is not installed")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        Path(sys.executable),
+        Path("/usr/bin") / version,
+        Path("/usr/local/bin") / version,
+    ]
+    for candidate in candidates:
+        if candidate.exists() and _reachable_by("nobody", candidate):
+            return ["runuser", "-u", "nobody", "--", str(candidate.resolve())], "nobody"
+    pytest.skip(f"no {version} interpreter that the 'nobody' user can run")
+
+
+def _run_as_non_root(script: str, *args: str) -> dict[str, object]:
+    """Run ``script`` as a non-root user with this checkout and its dependencies importable;
+    returns the JSON it prints last. Its first argument is a scratch folder it owns."""
+    import json
+    import sysconfig
+
+    command, user = _non_root_python()
+    paths = [ROOT, *{Path(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}]
+    if user is not None:
+        unreachable = [str(p) for p in paths if not _reachable_by(user, p)]
+        if unreachable:
+            pytest.skip(f"the '{user}' user cannot reach {', '.join(unreachable)}")
+    work = scratch_folder("pgflow-non-root-")
+    try:
+        if user is not None:
+            shutil.chown(work, user=user)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(work),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": os.pathsep.join(str(p) for p in paths),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        result = subprocess.run(
+            [*command, "-c", script, str(work), *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    finally:
+        for folder, _, _ in os.walk(work):
+            with contextlib.suppress(OSError):
+                Path(folder).chmod(0o755)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_binaries_are_chosen_by_whether_pgmq_can_be_an_extension() -> None:
+    """Run as a non-root user on real folders: an extension folder it cannot write and without
+    pgmq rules a server out; one holding pgmq's control file, or writable, does not. The
+    first candidate that can have pgmq wins, and the first one when none can."""
+    got = _run_as_non_root(_CHOOSE)
+    assert got == {
+        "possible": {
+            "locked": False,
+            "locked_with_pgmq": True,
+            "open": True,
+            "other_locked": False,
+        },
+        "fallback": "open",
+        "has_pgmq": "locked_with_pgmq",
+        "writable_first": "open",
+        "none_can": "locked",
+    }
+
+
+def test_a_non_root_test_stack_falls_back_to_pgserver_for_pgmq() -> None:
+    """The test suite's stack, started for real by a non-root user whose machine's PostgreSQL
+    has an extension folder without pgmq that it cannot write: it runs the pgserver binaries
+    (its own copy, as in its own virtualenv) instead, and both template databases get pgmq as
+    a real extension, so the official SQL installs too."""
+    bindir = _require_pgserver()
+    from tests._stack import TemplateUnavailable, official_migrations
+
+    try:
+        official_migrations()  # fetched (or found) now, read from the cache by the user
+        official: str | None = None
+    except TemplateUnavailable as exc:
+        official = f"unavailable: {exc}"
+    got = _run_as_non_root(_STACK, str(bindir.parents[2]))
+    assert got["uid"] != 0
+    assert str(got["bindir"]).endswith("/site/pgserver/pginstall/bin"), got
+    assert got["missing"] is None
+    assert got["ours"] == "1.13.0", got
+    if official is None:
+        assert got["official"] == "1.13.0", got

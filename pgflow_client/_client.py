@@ -122,8 +122,10 @@ class PgflowClient:
             run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=False)
         except BaseException:
             self._runs.pop(rid, None)
-            run.dispose()
-            await self._transport.unsubscribe(rid)
+            try:
+                await self._transport.unsubscribe(rid)  # released before the error reaches you
+            finally:
+                run.dispose()
             raise
         if not run.disposed:
             self._transport.after_start(rid)
@@ -159,12 +161,17 @@ class PgflowClient:
                 run._apply_event(event)
         except BaseException:
             stale = self._runs.pop(rid, None)
-            if stale is not None:
-                stale.dispose()
-            await self._transport.unsubscribe(rid)
+            try:
+                await self._transport.unsubscribe(rid)
+            finally:
+                if stale is not None:
+                    stale.dispose()
             raise
         finally:
             self._buffers.pop(rid, None)
+        if not run.disposed:
+            # The same cover as after start_flow: the subscription is as young here.
+            self._transport.after_start(rid)
         return run
 
     # -- releasing ----------------------------------------------------------------------------

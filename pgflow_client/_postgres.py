@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ._dsn import describe_dsn, redact
-from ._transport import TransportHooks, rpc_error
+from ._transport import TransportHooks, nothing, rpc_error
 from .errors import ClientClosed, SubscriptionError, TransportError
 
 __all__ = ["PostgresTransport"]
@@ -121,8 +122,10 @@ class PostgresTransport:
                 self._topics.pop(topic, None)
             self._check_open()
 
-    async def unsubscribe(self, run_id: str) -> None:
+    def unsubscribe(self, run_id: str) -> Coroutine[Any, Any, None]:
+        """Stop delivering the run's events at once; the shared LISTEN stays (nothing to await)."""
         self._topics.pop(_TOPIC_PREFIX + run_id, None)
+        return nothing()
 
     def subscribed(self) -> frozenset[str]:
         return frozenset(self._topics.values())

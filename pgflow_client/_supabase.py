@@ -1,12 +1,17 @@
 """The client over Supabase: RPCs through PostgREST, events through Realtime broadcast.
 
 One public channel ``pgflow:run:<run_id>`` per run, joined (and confirmed) before the run is
-started. Instead of the TypeScript client's fixed 300 ms pause after SUBSCRIBED, ``start_flow``
-returns as soon as the RPC answers, and the run's snapshot is fetched again in the background
-a little later (``reconcile_after``): whatever Realtime failed to route in the first moments of
-a subscription is replayed from that snapshot through the same forward-only status filter.
-When a channel errors, realtime-py rejoins it; on every re-SUBSCRIBED the client resyncs. A
-channel closed by the server is rejoined by us, with bounded backoff.
+started or fetched. Instead of the TypeScript client's fixed 300 ms pause after SUBSCRIBED,
+``start_flow`` and ``get_run`` return as soon as the RPC answers, and the run's snapshot is
+fetched again in the background a little later (``reconcile_after``): whatever Realtime failed
+to route in the first moments of a subscription is replayed from that snapshot through the
+same forward-only status filter.
+
+When the socket drops, realtime-py rejoins the channels; on every re-SUBSCRIBED the client
+resyncs. A channel closed by the server, or whose join timed out, is rejoined by us with
+bounded backoff. Either way the rejoin comes first and the snapshot after it: every
+transition committed after the join is confirmed arrives live, every one before it is in the
+snapshot, so nothing falls between the two.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._transport import TransportHooks, rpc_error
+from ._transport import TransportHooks, nothing, rpc_error
 from .errors import ClientClosed, SubscriptionError, TransportError
 
 if TYPE_CHECKING:
@@ -31,6 +36,8 @@ log = logging.getLogger("pgflow.client")
 
 _TOPIC_PREFIX = "pgflow:run:"
 
+Sleep = Callable[[float], Awaitable[object]]
+
 
 @dataclass(eq=False)
 class _Subscription:
@@ -39,12 +46,17 @@ class _Subscription:
     joined_once: bool = False
     closing: bool = False
     rejoin_task: asyncio.Task[None] | None = None
-    first_state: asyncio.Future[tuple[Any, BaseException | None]] | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    timers: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class SupabaseTransport:
-    """Realtime channels and PostgREST RPCs through a supabase-py ``AsyncClient``."""
+    """Realtime channels and PostgREST RPCs through a supabase-py ``AsyncClient``.
+
+    ``rejoin_backoff`` is ``(first, cap)``: the delay after a failed rejoin starts at
+    ``first`` and doubles up to ``cap``. ``leave_timeout`` bounds how long leaving a channel
+    waits for the server to confirm it. ``sleep`` is how every delay is waited for (the
+    reconciliations, rejoin and reconnect backoff); tests pass one that records the delays.
+    """
 
     def __init__(
         self,
@@ -54,15 +66,21 @@ class SupabaseTransport:
         subscribe_timeout: float = 20.0,
         reconcile_after: Sequence[float] = (0.5, 2.0),
         rejoin_backoff: tuple[float, float] = (0.5, 10.0),
+        leave_timeout: float = 5.0,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._supabase = supabase
         self._hooks = hooks
         self._subscribe_timeout = subscribe_timeout
         self._reconcile_after = tuple(reconcile_after)
         self._rejoin_backoff = rejoin_backoff
+        self._leave_timeout = leave_timeout
+        self._sleep = sleep
         self._subs: dict[str, _Subscription] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnector: asyncio.Task[None] | None = None
+        self._leaving: set[asyncio.Future[None]] = set()
+        self._departing: dict[str, asyncio.Future[None]] = {}
         self._closed = False
 
     # -- subscriptions ------------------------------------------------------------------------
@@ -80,46 +98,68 @@ class SupabaseTransport:
         try:
             await self._join(sub)
         except BaseException:
-            self._subs.pop(run_id, None)
+            if self._subs.get(run_id) is sub:
+                del self._subs[run_id]
             await self._leave(sub)
             raise
 
     async def _join(self, sub: _Subscription) -> None:
+        """Join the run's channel and wait for the server's answer; on failure nothing of
+        this attempt is left (realtime-py would otherwise keep retrying the join itself)."""
         from realtime import RealtimeSubscribeStates
 
         loop = asyncio.get_running_loop()
-        sub.first_state = loop.create_future()
-        channel = self._supabase.channel(_TOPIC_PREFIX + sub.run_id)
-        sub.channel = channel
-        channel.on_broadcast("*", lambda message: self._on_broadcast(sub, message))
+        first_state: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
+        channel: AsyncRealtimeChannel | None = None
 
         def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
-            self._on_state(sub, state, error)
+            if not first_state.done():
+                first_state.set_result((state, error))
+                return  # the join's own outcome is handled below
+            if channel is not None:
+                self._on_state(sub, channel, state, error)
 
         try:
-            async with asyncio.timeout(self._subscribe_timeout):
-                await channel.subscribe(on_state)
-                state, error = await sub.first_state
-        except TimeoutError:
-            raise SubscriptionError(
-                f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} was not confirmed "
-                f"within {self._subscribe_timeout:g} s"
-            ) from None
-        except SubscriptionError:
+            try:
+                async with asyncio.timeout(self._subscribe_timeout):
+                    # realtime-py keeps one channel per topic: an earlier subscription of
+                    # this run that is still being left must be gone before a new one.
+                    departing = self._departing.get(sub.run_id)
+                    if departing is not None:
+                        await asyncio.shield(departing)
+                    channel = joining = self._supabase.channel(_TOPIC_PREFIX + sub.run_id)
+                    sub.channel = joining
+                    joining.on_broadcast(
+                        "*", lambda message: self._on_broadcast(sub, joining, message)
+                    )
+                    await joining.subscribe(on_state)
+                    state, error = await first_state
+            except TimeoutError:
+                raise SubscriptionError(
+                    f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} was not confirmed "
+                    f"within {self._subscribe_timeout:g} s"
+                ) from None
+            except Exception as exc:
+                raise SubscriptionError(
+                    f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} failed: {exc}"
+                ) from exc
+            if state != RealtimeSubscribeStates.SUBSCRIBED:
+                raise SubscriptionError(
+                    f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} failed: "
+                    f"{getattr(state, 'value', state)}{f' ({error})' if error else ''}"
+                )
+        except BaseException:
+            if channel is not None:
+                if sub.channel is channel:
+                    sub.channel = None
+                await self._remove(channel)
             raise
-        except Exception as exc:
-            raise SubscriptionError(
-                f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} failed: {exc}"
-            ) from exc
-        if state != RealtimeSubscribeStates.SUBSCRIBED:
-            raise SubscriptionError(
-                f"realtime subscription to {_TOPIC_PREFIX}{sub.run_id} failed: "
-                f"{getattr(state, 'value', state)}{f' ({error})' if error else ''}"
-            )
         sub.joined_once = True
 
-    def _on_broadcast(self, sub: _Subscription, message: Mapping[str, Any]) -> None:
-        if sub.closing:
+    def _on_broadcast(
+        self, sub: _Subscription, channel: AsyncRealtimeChannel, message: Mapping[str, Any]
+    ) -> None:
+        if sub.closing or channel is not sub.channel:
             return
         event = message.get("event")
         payload = message.get("payload")
@@ -132,15 +172,17 @@ class SupabaseTransport:
             log.exception("delivering %s for run %s failed", event, sub.run_id)
 
     def _on_state(
-        self, sub: _Subscription, state: RealtimeSubscribeStates, error: Exception | None
+        self,
+        sub: _Subscription,
+        channel: AsyncRealtimeChannel,
+        state: RealtimeSubscribeStates,
+        error: Exception | None,
     ) -> None:
+        """A confirmed channel changed state: resync after realtime-py rejoined it, rejoin it
+        ourselves when it was closed or timed out. Channels already replaced are ignored."""
         from realtime import RealtimeSubscribeStates
 
-        if sub.first_state is not None and not sub.first_state.done():
-            sub.first_state.set_result((state, error))
-            if state == RealtimeSubscribeStates.SUBSCRIBED:
-                return
-        if sub.closing or not sub.joined_once:
+        if sub.closing or self._closed or channel is not sub.channel:
             return
         if state == RealtimeSubscribeStates.SUBSCRIBED:
             log.info("run %s: realtime channel rejoined; resyncing", sub.run_id)
@@ -157,17 +199,22 @@ class SupabaseTransport:
                 sub.rejoin_task = self._spawn(self._rejoin(sub))
 
     async def _rejoin(self, sub: _Subscription) -> None:
+        """Join a fresh channel, backing off between failed attempts, then resync the run.
+
+        Rejoining first and fetching the snapshot second leaves no gap: a transition is
+        either committed before the snapshot is read (and in it) or after the join was
+        confirmed (and delivered live); the status filter drops the overlap.
+        """
         delay = self._rejoin_backoff[0]
+        old, sub.channel = sub.channel, None
+        if old is not None:
+            await self._remove(old)
         while not sub.closing and not self._closed:
-            old = sub.channel
-            if old is not None:
-                with contextlib.suppress(Exception):
-                    await self._supabase.realtime.remove_channel(old)
             try:
                 await self._join(sub)
             except SubscriptionError as exc:
                 log.warning("run %s: rejoin failed (%s); retrying in %.1fs", sub.run_id, exc, delay)
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 delay = min(delay * 2, self._rejoin_backoff[1])
                 continue
             await self._hooks.resync(sub.run_id)
@@ -184,7 +231,7 @@ class SupabaseTransport:
         realtime = self._supabase.realtime
         delay = self._rejoin_backoff[0]
         while not self._closed and self._subs:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             if realtime.is_connected:
                 return
             try:
@@ -200,27 +247,90 @@ class SupabaseTransport:
         sub = self._subs.get(run_id)
         if sub is None:
             return
-        loop = asyncio.get_running_loop()
         for delay in self._reconcile_after:
-            handle = loop.call_later(delay, lambda: self._spawn(self._hooks.resync(run_id)))
-            sub.timers.append(handle)
+            sub.timers.append(self._spawn(self._reconcile(sub, delay)))
 
-    async def unsubscribe(self, run_id: str) -> None:
+    async def _reconcile(self, sub: _Subscription, delay: float) -> None:
+        await self._sleep(delay)
+        if not sub.closing and not self._closed:
+            await self._hooks.resync(sub.run_id)
+
+    def unsubscribe(self, run_id: str) -> Coroutine[Any, Any, None]:
+        """Stop delivering the run's events now; awaiting the result leaves its channel."""
         sub = self._subs.pop(run_id, None)
-        if sub is not None:
+        if sub is None:
+            return nothing()
+        sub.closing = True
+        try:
+            departed = asyncio.get_running_loop().create_future()
+        except RuntimeError:  # no loop to run the leave on; nothing can rejoin meanwhile
+            return self._leave(sub)
+        self._departing[run_id] = departed
+        return self._depart(sub, departed)
+
+    async def _depart(self, sub: _Subscription, departed: asyncio.Future[None]) -> None:
+        try:
             await self._leave(sub)
+        finally:
+            if not departed.done():
+                departed.set_result(None)
+            if self._departing.get(sub.run_id) is departed:
+                del self._departing[sub.run_id]
 
     async def _leave(self, sub: _Subscription) -> None:
         sub.closing = True
-        for handle in sub.timers:
-            handle.cancel()
+        for task in sub.timers:
+            task.cancel()
         if sub.rejoin_task is not None and sub.rejoin_task is not asyncio.current_task():
             sub.rejoin_task.cancel()
-        if sub.channel is not None:
+        channel, sub.channel = sub.channel, None
+        if channel is not None:
+            await self._remove(channel)
+
+    async def _remove(self, channel: AsyncRealtimeChannel) -> None:
+        """Leave ``channel`` and wait (at most ``leave_timeout``) for the server to confirm.
+
+        realtime-py only sends the leave; waiting for its reply means that once a refused
+        call or an ``aclose`` returns, the server no longer counts the channel as joined.
+        When it was the socket's last channel, realtime-py closes the socket, after the
+        leave, and no reply comes.
+        """
+        from realtime import RealtimeSubscribeStates
+
+        realtime = self._supabase.realtime
+        loop = asyncio.get_running_loop()
+        left: asyncio.Future[None] = loop.create_future()
+        previous = channel.subscribe_callback
+
+        def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
+            if state == RealtimeSubscribeStates.CLOSED and not left.done():
+                left.set_result(None)
+            if previous is not None:
+                previous(state, error)
+
+        joined = realtime.channels.get(channel.topic) is channel
+        channel.subscribe_callback = on_state
+        self._leaving.add(left)
+        try:
             try:
-                await self._supabase.realtime.remove_channel(sub.channel)
+                await realtime.remove_channel(channel)
             except Exception as exc:
-                log.debug("leaving %s%s failed: %s", _TOPIC_PREFIX, sub.run_id, exc)
+                log.debug("leaving %s failed: %s", channel.topic, exc)
+                return
+            if not realtime.is_connected:
+                # The socket closed after the leaves sent on it: the server saw them first.
+                for waiting in self._leaving:
+                    if not waiting.done():
+                        waiting.set_result(None)
+            if not joined:
+                return
+            try:
+                async with asyncio.timeout(self._leave_timeout):
+                    await left
+            except TimeoutError:
+                log.debug("leaving %s was not confirmed in time", channel.topic)
+        finally:
+            self._leaving.discard(left)
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -274,7 +384,8 @@ class SupabaseTransport:
         subs = list(self._subs.values())
         self._subs.clear()
         for sub in subs:
-            await self._leave(sub)
+            sub.closing = True
+        await asyncio.gather(*(self._leave(sub) for sub in subs), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from .errors import FlowNotFound, InvalidFlowInput, RpcError, RunAlreadyExists
 
-__all__ = ["Transport", "TransportHooks", "check_json", "rpc_error"]
+__all__ = ["Transport", "TransportHooks", "check_json", "nothing", "rpc_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +37,11 @@ class Transport(Protocol):
     async def subscribe(self, run_id: str) -> None:
         """Start receiving the run's events; returns once the subscription is confirmed."""
 
-    async def unsubscribe(self, run_id: str) -> None:
-        """Stop receiving the run's events (safe for unknown or repeated ids)."""
+    def unsubscribe(self, run_id: str) -> Coroutine[Any, Any, None]:
+        """Stop receiving the run's events at once (``subscribed()`` no longer lists it);
+        awaiting the result releases what the server holds for it. Safe for unknown or
+        repeated ids."""
+        ...
 
     def subscribed(self) -> frozenset[str]:
         """The run ids currently subscribed."""
@@ -55,10 +58,16 @@ class Transport(Protocol):
         ...
 
     def after_start(self, run_id: str) -> None:
-        """Hook called once a started run's snapshot is applied (for delayed reconciliation)."""
+        """Called once a run's first snapshot is applied, by ``start_flow`` and ``get_run``,
+        so a transport whose subscriptions take a moment to route events can check again."""
 
     async def close(self) -> None:
         """Release every resource the transport opened."""
+
+
+async def nothing() -> None:
+    """An awaitable that does nothing: what ``unsubscribe`` returns when there is nothing to
+    release."""
 
 
 #: ``\\u0000`` as JSON writes a NUL character: an odd run of backslashes before ``u0000``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pgflow_worker import Flow
@@ -50,6 +51,39 @@ def empty_dependent_map() -> Flow:
 
     @flow.map(array=items)
     def each(x: int) -> int:
+        return x
+
+    return flow
+
+
+def gated(entered: asyncio.Event, gate: asyncio.Event) -> Flow:
+    """Two steps; the first sets ``entered`` and then waits for ``gate``, so a test can act
+    while the run is in flight and decide when the rest of it happens."""
+    flow = Flow("gated", max_attempts=1)
+
+    @flow.step
+    async def first(input: Any) -> str:
+        entered.set()
+        await gate.wait()
+        return "one"
+
+    @flow.step(depends_on=[first])
+    def second(input: dict[str, str]) -> str:
+        return input["first"] + "+two"
+
+    return flow
+
+
+def type_violation() -> Flow:
+    """A single step feeding a dependent map with an object instead of an array."""
+    flow = Flow("e2e_type_violation", max_attempts=1)
+
+    @flow.step
+    def items(input: Any) -> dict[str, str]:
+        return {"not": "an array"}
+
+    @flow.map(array=items)
+    def each(x: Any) -> Any:
         return x
 
     return flow

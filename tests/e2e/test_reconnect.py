@@ -17,30 +17,14 @@ from supabase import AsyncClientOptions, acreate_client
 
 from pgflow_client import FlowRunStatus, PgflowClient, SubscriptionError
 from pgflow_client._postgres import PostgresTransport
-from pgflow_worker import Flow, FlowWorker
+from pgflow_worker import FlowWorker
 from pgflow_worker._shape import ensure_flow
 from tests._stack import Stack
-from tests.e2e.flows import mapping
+from tests.e2e.flows import gated, mapping
 from tests.supabase_standin import SupabaseStandIn
 from tests.supabase_standin.fixtures import close_client
 
 FAST = {"max_poll_seconds": 1, "poll_interval_ms": 20}
-
-
-def gated_flow(entered: asyncio.Event, gate: asyncio.Event) -> Flow:
-    flow = Flow("gated", max_attempts=1)
-
-    @flow.step
-    async def first(input: Any) -> str:
-        entered.set()
-        await gate.wait()
-        return "one"
-
-    @flow.step(depends_on=[first])
-    def second(input: dict[str, str]) -> str:
-        return input["first"] + "+two"
-
-    return flow
 
 
 async def drop_listen_connections(db_url: str) -> int:
@@ -55,7 +39,7 @@ async def drop_listen_connections(db_url: str) -> int:
 
 async def check_drop_mid_run(client: PgflowClient, db_url: str, drop: Any) -> None:
     entered, gate = asyncio.Event(), asyncio.Event()
-    flow = gated_flow(entered, gate)
+    flow = gated(entered, gate)
     async with FlowWorker(flow, db_url, **FAST):
         run = await client.start_flow("gated", {})
         completed: list[str] = []

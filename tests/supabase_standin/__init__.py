@@ -5,6 +5,7 @@
 """
 
 from ._jwt import unsigned_jwt
+from ._realtime import BroadcastRecord
 from ._server import DEFAULT_KEY, SupabaseStandIn
 
-__all__ = ["DEFAULT_KEY", "SupabaseStandIn", "unsigned_jwt"]
+__all__ = ["DEFAULT_KEY", "BroadcastRecord", "SupabaseStandIn", "unsigned_jwt"]

@@ -4,6 +4,10 @@ Clients join ``realtime:<name>`` topics; database messages and client broadcasts
 go to every socket joined to it. As in Supabase, public and private channels are separate: a
 message sent with ``private`` reaches only channels joined with the same ``private`` flag.
 Each socket speaks the wire format its ``vsn`` query parameter asks for (1.0.0 by default).
+
+For fault injection it can refuse joins, close a topic's channels from the server side
+(``phx_close``), and withhold broadcasts from channels joined less than a given time ago, as
+Realtime may do while a fresh subscription is not yet routed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _Join:
     private: bool
     self_broadcast: bool
     ack: bool
+    joined_at: float = 0.0  # event-loop time of the join
 
 
 @dataclass(eq=False)
@@ -91,16 +96,29 @@ def broadcast_frame(
     return serializer.broadcast(TOPIC_PREFIX + topic, event, payload_json, meta)
 
 
+@dataclass(frozen=True)
+class BroadcastRecord:
+    """One broadcast the hub handled: how many joins got it and how many it was withheld from."""
+
+    event: str
+    delivered: int
+    withheld: int
+
+
 class RealtimeHub:
     """Sockets, their joins, and delivery of broadcasts to the sockets joined to a topic."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, withhold_after_join: float = 0.0, record: bool = False) -> None:
         self._sockets: set[_Socket] = set()
         self._topics: dict[str, set[_Join]] = {}
         self._paused = False
         self._changed = asyncio.Condition()
+        self._refusals: list[str] = []
+        self._records: dict[str, list[BroadcastRecord]] | None = {} if record else None
+        self.withhold_after_join = withhold_after_join
         self.accepted_connections = 0
         self.refused_connections = 0
+        self.refused_joins = 0
 
     def routes(self, prefix: str = "/realtime/v1") -> list[web.AbstractRouteDef]:
         return [
@@ -127,6 +145,32 @@ class RealtimeHub:
         connect, refusal, disconnect, join and leave."""
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(predicate), within)
+
+    def broadcasts(self, topic: str) -> list[BroadcastRecord]:
+        """The broadcasts handled for ``topic`` (only recorded when the hub records)."""
+        if self._records is None:
+            raise RuntimeError("this hub does not record broadcasts (record=False)")
+        return list(self._records.get(topic, ()))
+
+    def refuse_joins(self, count: int, reason: str) -> None:
+        """Answer the next ``count`` joins with an error reply carrying ``reason``."""
+        self._refusals.extend([reason] * count)
+
+    async def close_channel(self, topic: str) -> int:
+        """Close every channel joined to ``topic`` from the server side; returns how many."""
+        joins = list(self._topics.get(TOPIC_PREFIX + topic, ()))
+        for join in joins:
+            await self._leave(join)
+            await join.socket.send_frame(
+                {
+                    "event": "phx_close",
+                    "topic": join.topic,
+                    "ref": None,
+                    "join_ref": join.join_ref,
+                    "payload": {},
+                }
+            )
+        return len(joins)
 
     def pause(self) -> None:
         self._paused = True
@@ -170,6 +214,12 @@ class RealtimeHub:
             for join in self._topics.get(TOPIC_PREFIX + topic, ())
             if join.private == private and (join.socket is not sender or join.self_broadcast)
         ]
+        if self.withhold_after_join > 0:
+            fresh_until = asyncio.get_running_loop().time() - self.withhold_after_join
+            withheld = [join for join in targets if join.joined_at > fresh_until]
+            targets = [join for join in targets if join.joined_at <= fresh_until]
+        else:
+            withheld = []
         for join in targets:
             serializer = join.socket.serializer
             frame = frames.get(id(serializer))
@@ -177,6 +227,10 @@ class RealtimeHub:
                 frame = broadcast_frame(topic, event, payload_json, message_id, serializer)
                 frames[id(serializer)] = frame
             await join.socket.send(frame)
+        if self._records is not None:
+            record = BroadcastRecord(event, len(targets), len(withheld))
+            self._records.setdefault(topic, []).append(record)
+            await self._notify()
         return len(targets)
 
     # -- websocket protocol ---------------------------------------------------------------------
@@ -250,6 +304,12 @@ class RealtimeHub:
             reason = {"reason": "unmatched topic"}
             await socket.reply(topic, ref, "error", reason, join_ref=join_ref)
             return
+        if self._refusals:
+            self.refused_joins += 1
+            refusal = {"reason": self._refusals.pop(0)}
+            await socket.reply(topic, ref, "error", refusal, join_ref=join_ref)
+            await self._notify()
+            return
         config = payload.get("config")
         config = config if isinstance(config, dict) else {}
         broadcast = config.get("broadcast")
@@ -266,6 +326,7 @@ class RealtimeHub:
             private=bool(config.get("private", False)),
             self_broadcast=bool(broadcast.get("self", False)),
             ack=bool(broadcast.get("ack", False)),
+            joined_at=asyncio.get_running_loop().time(),
         )
         socket.joins[topic] = join
         self._topics.setdefault(topic, set()).add(join)

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from ._jwt import unsigned_jwt
 from ._listener import BroadcastListener, Message
 from ._postgrest import PostgrestEndpoints
-from ._realtime import RealtimeHub
+from ._realtime import BroadcastRecord, RealtimeHub
 
 DEFAULT_KEY = unsigned_jwt({"iss": "supabase-standin", "role": "anon"})
 
@@ -28,7 +28,9 @@ class SupabaseStandIn:
 
     ``use_jwt_role`` runs each REST request under the ``role`` claim of its bearer token (as
     PostgREST does); by default requests run as the ``dsn`` user. ``schemas`` lists the schemas
-    exposed over REST (every schema when None).
+    exposed over REST (every schema when None). ``withhold_after_join_ms`` drops broadcasts
+    for channels joined less than that long ago (Realtime's window between confirming a join
+    and routing to it); ``record_broadcasts`` keeps a log of them for ``broadcasts(topic)``.
     """
 
     def __init__(
@@ -40,10 +42,14 @@ class SupabaseStandIn:
         schemas: Sequence[str] | None = None,
         anon_role: str = "anon",
         pool_size: int = 4,
+        withhold_after_join_ms: float = 0.0,
+        record_broadcasts: bool = False,
     ) -> None:
         self._dsn = dsn
         self._key = key
-        self._hub = RealtimeHub()
+        self._hub = RealtimeHub(
+            withhold_after_join=withhold_after_join_ms / 1000, record=record_broadcasts
+        )
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             dsn, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False
         )
@@ -148,6 +154,30 @@ class SupabaseStandIn:
     async def drop_realtime_connections(self) -> int:
         """Abort every realtime websocket (no close frame); returns how many were dropped."""
         return await self._hub.drop_connections()
+
+    def withhold_after_join(self, ms: float) -> None:
+        """From now on, drop broadcasts for channels joined less than ``ms`` ago (0: never)."""
+        self._hub.withhold_after_join = ms / 1000
+
+    def broadcasts(self, topic: str) -> list[BroadcastRecord]:
+        """Broadcasts handled for ``topic`` (no prefix), with how many joins got each and how
+        many it was withheld from; needs ``record_broadcasts=True``. Waits with ``wait_until``
+        see every new one."""
+        return self._hub.broadcasts(topic)
+
+    def refuse_joins(self, count: int, *, reason: str = "join refused by the stand-in") -> None:
+        """Answer the next ``count`` channel joins (any topic) with an error reply."""
+        self._hub.refuse_joins(count, reason)
+
+    @property
+    def refused_joins(self) -> int:
+        """Channel joins refused since start."""
+        return self._hub.refused_joins
+
+    async def close_channel(self, topic: str) -> int:
+        """Close ``topic``'s channels from the server side (``phx_close``, as Realtime does
+        when it stops a channel); returns how many were closed."""
+        return await self._hub.close_channel(topic)
 
     def pause_realtime(self) -> None:
         """Refuse new realtime connections (HTTP 503) until ``resume_realtime``."""

@@ -19,7 +19,7 @@ from realtime import AsyncRealtimeChannel, RealtimeSubscribeStates
 from realtime.types import RealtimePostgresChangesListenEvent
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
-from tests.supabase_standin import SupabaseStandIn, unsigned_jwt
+from tests.supabase_standin import BroadcastRecord, SupabaseStandIn, unsigned_jwt
 from tests.supabase_standin.fixtures import close_client
 
 WAIT = 5.0
@@ -798,6 +798,77 @@ async def test_raw_protocol_replies(supabase_standin: SupabaseStandIn) -> None:
         )
         assert (reply["ref"], reply["payload"]["status"]) == ("6", "ok")
         assert supabase_standin.joined_topics() == {}
+
+
+# -- fault controls -----------------------------------------------------------------------------
+
+
+async def test_refused_joins_error_then_the_channel_joins(
+    client: AsyncClient, supabase_standin: SupabaseStandIn, aconn: psycopg.AsyncConnection[Any]
+) -> None:
+    supabase_standin.refuse_joins(1, reason="too many joins")
+    channel = client.channel("x:1")
+    sub = Subscription(channel)
+    errors: list[str] = []
+
+    def on_state(state: RealtimeSubscribeStates, error: Exception | None) -> None:
+        sub.states.put_nowait(state)
+        if error is not None:
+            errors.append(str(error))
+
+    channel.on_broadcast("*", lambda message: sub.messages.put_nowait(dict(message)))
+    await channel.subscribe(on_state)
+    assert sub.states.get_nowait() == RealtimeSubscribeStates.CHANNEL_ERROR
+    assert errors == ['{"reason": "too many joins"}']
+    assert supabase_standin.refused_joins == 1
+    assert supabase_standin.joined_topics() == {}
+    # realtime-py retries the join on its own (after 1 s); the stand-in accepts it.
+    await sub.wait_for_state(RealtimeSubscribeStates.SUBSCRIBED)
+    assert supabase_standin.joined_topics() == {"x:1": 1}
+    await send(aconn, "x:1", "joined-at-last")
+    assert await sub.next_event() == "joined-at-last"
+    assert supabase_standin.refused_joins == 1
+
+
+async def test_closing_a_channel_from_the_server(
+    client: AsyncClient, supabase_standin: SupabaseStandIn, aconn: psycopg.AsyncConnection[Any]
+) -> None:
+    closed = await subscribe(client, "x:1")
+    other = await subscribe(client, "x:2")
+    assert await supabase_standin.close_channel("x:1") == 1
+    await closed.wait_for_state(RealtimeSubscribeStates.CLOSED)
+    assert supabase_standin.joined_topics() == {"x:2": 1}
+    assert await supabase_standin.close_channel("x:9") == 0
+    await send(aconn, "x:1", "nobody-listens")
+    await send(aconn, "x:2", "marker")
+    assert await other.next_event() == "marker"
+    assert closed.messages.empty()
+    assert supabase_standin.open_connections == 1  # only the channel closed, not the socket
+
+
+async def test_broadcasts_are_withheld_from_fresh_joins(
+    db_url: str, aconn: psycopg.AsyncConnection[Any]
+) -> None:
+    async with SupabaseStandIn(db_url, withhold_after_join_ms=300, record_broadcasts=True) as s:
+        client = await acreate_client(s.url, s.key)
+        try:
+            sub = await subscribe(client, "x:1")
+            await send(aconn, "x:1", "too-early")
+            await s.wait_until(lambda: len(s.broadcasts("x:1")) == 1)
+            assert s.broadcasts("x:1")[0] == BroadcastRecord("too-early", delivered=0, withheld=1)
+            await asyncio.sleep(0.3)  # the window itself is what is under test
+            await send(aconn, "x:1", "routed")
+            assert await sub.next_event() == "routed"
+            assert s.broadcasts("x:1")[1] == BroadcastRecord("routed", delivered=1, withheld=0)
+            assert sub.messages.empty()
+            s.withhold_after_join(60_000)
+            late = await subscribe(client, "x:2")
+            await send(aconn, "x:2", "withheld-again")
+            await s.wait_until(lambda: len(s.broadcasts("x:2")) == 1)
+            assert s.broadcasts("x:2") == [BroadcastRecord("withheld-again", 0, 1)]
+            assert late.messages.empty()
+        finally:
+            await close_client(client)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

@@ -1,24 +1,40 @@
-"""Pytest fixtures for Supabase: the stand-in, the URL/key pair to use, and async clients.
+"""Pytest fixtures for Supabase: the stand-in, the stack to talk to, and async clients.
 
-``supabase_env`` is a real Supabase stack when ``PGFLOW_TEST_SUPABASE_URL`` (and
-``PGFLOW_TEST_SUPABASE_KEY``) are set, otherwise a stand-in over the test's database.
+``supabase_target`` is a real Supabase stack when ``PGFLOW_TEST_SUPABASE_URL``,
+``PGFLOW_TEST_SUPABASE_KEY`` and ``PGFLOW_TEST_SUPABASE_DB_URL`` are set (see ``_env``),
+otherwise a stand-in over the test's database. ``supabase_env`` is its ``(url, key)``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from supabase import AsyncClient, AsyncClientOptions, acreate_client
 
+from ._env import URL_VARIABLE, Misconfigured, RealStack, stack_from_env
 from ._server import SupabaseStandIn
 
-URL_VARIABLE = "PGFLOW_TEST_SUPABASE_URL"
-KEY_VARIABLE = "PGFLOW_TEST_SUPABASE_KEY"
-
 ClientFactory = Callable[..., Awaitable[AsyncClient]]
+
+
+@dataclass(frozen=True)
+class SupabaseTarget:
+    """Where a test's Supabase clients connect; ``standin`` is None on a real stack."""
+
+    url: str
+    key: str
+    standin: SupabaseStandIn | None
+
+
+def require_standin(target: SupabaseTarget, what: str) -> SupabaseStandIn:
+    """The target's stand-in; skips the test (saying why) when it is a real stack."""
+    if target.standin is None:
+        pytest.skip(f"{what} needs the Supabase stand-in; {URL_VARIABLE} names a real stack")
+    return target.standin
 
 
 @pytest.fixture
@@ -29,18 +45,24 @@ async def supabase_standin(db_url: str) -> AsyncIterator[SupabaseStandIn]:
 
 
 @pytest.fixture
-async def supabase_env(request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, str]]:
-    """``(url, key)`` of a real Supabase stack from the environment, or of a stand-in."""
-    url = os.environ.get(URL_VARIABLE)
-    if url:
-        key = os.environ.get(KEY_VARIABLE)
-        if not key:
-            pytest.skip(f"{URL_VARIABLE} is set but {KEY_VARIABLE} is not")
-        yield url, key
+async def supabase_target(request: pytest.FixtureRequest) -> AsyncIterator[SupabaseTarget]:
+    """The real Supabase stack from the environment, or a stand-in over ``db_url``."""
+    env = stack_from_env(os.environ)
+    if isinstance(env, Misconfigured):
+        pytest.skip(env.reason)
+    if isinstance(env, RealStack):
+        request.getfixturevalue("db_url")  # the stack's database, reset for this test
+        yield SupabaseTarget(env.url, env.key, None)
         return
     db_url: str = request.getfixturevalue("db_url")
     async with SupabaseStandIn(db_url) as standin:
-        yield standin.url, standin.key
+        yield SupabaseTarget(standin.url, standin.key, standin)
+
+
+@pytest.fixture
+def supabase_env(supabase_target: SupabaseTarget) -> tuple[str, str]:
+    """``(url, key)`` of a real Supabase stack from the environment, or of a stand-in."""
+    return supabase_target.url, supabase_target.key
 
 
 async def close_client(client: AsyncClient) -> None:

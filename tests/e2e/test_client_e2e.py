@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import time
 import uuid
 import weakref
 from typing import Any
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from pgflow_client import (
     FlowNotFound,
@@ -23,7 +26,8 @@ from pgflow_client import (
 from pgflow_worker import Flow, FlowWorker
 from pgflow_worker._shape import ensure_flow
 from tests.e2e.conftest import ClientFactory
-from tests.e2e.flows import chain, empty_dependent_map, mapping
+from tests.e2e.flows import chain, empty_dependent_map, mapping, type_violation
+from tests.supabase_standin._env import RealStack, stack_from_env, talks_to_supabase
 
 FAST = {"max_poll_seconds": 1, "poll_interval_ms": 20}
 
@@ -86,6 +90,38 @@ async def test_failure_reaches_run_and_step(db_url: str, client: PgflowClient) -
     with pytest.raises(StatusUnreachable) as caught:
         await run.wait_for_status("completed", timeout=10)
     assert caught.value.status == "failed"
+
+
+async def test_a_map_fed_a_non_array_fails_with_a_type_violation(
+    db_url: str, client: PgflowClient
+) -> None:
+    flow = type_violation()
+    await define(db_url, flow)
+    run = await client.start_flow("e2e_type_violation", {})
+    failures: list[str | None] = []
+    run.step("items").on("failed", lambda e: failures.append(e.error_message))
+    # Waiting from before the failure: it must end when the failure arrives, not at timeout.
+    waiting = asyncio.create_task(run.wait_for_status("completed", timeout=300))
+    async with FlowWorker(flow, db_url, **FAST):
+        items = await run.step("items").wait_for_status("failed", timeout=30)
+        await run.wait_for_status("failed", timeout=10)
+    expected = (
+        "[TYPE_VIOLATION] Map step each expects array input but dependency items produced object"
+    )
+    assert items.error_message == expected
+    assert failures == [expected]
+    assert run.status is FlowRunStatus.FAILED
+    assert run.error_message == expected
+    assert run.step("each").status is FlowStepStatus.CREATED  # never started
+    with pytest.raises(StatusUnreachable) as unreachable:
+        await asyncio.wait_for(waiting, 5)
+    assert unreachable.value.status == "failed"
+    assert unreachable.value.error_message == expected
+    began = time.monotonic()
+    with pytest.raises(StatusUnreachable) as again:
+        await run.wait_for_status("completed", timeout=300)
+    assert time.monotonic() - began < 1
+    assert (again.value.status, again.value.target) == ("failed", "completed")
 
 
 async def test_map_and_empty_maps(db_url: str, client: PgflowClient) -> None:
@@ -188,41 +224,76 @@ async def test_many_clients_on_one_run_and_many_runs_on_one_client(
     assert all(w is not None and w.output == {"total": 0} for w in watched)
 
 
-async def test_bad_input_leaves_nothing_behind(db_url: str, client: PgflowClient) -> None:
+async def test_bad_input_leaves_nothing_behind(db_url: str, make_client: ClientFactory) -> None:
+    """Every refused call leaves nothing subscribed by the time its exception arrives: not
+    in the client, not on the server (no joined channel, no LISTEN beyond the shared one)."""
     await define(db_url, mapping())
+    client = await make_client()
+    refused = make_client.assert_nothing_subscribed
+
     with pytest.raises(FlowNotFound) as missing:
         await client.start_flow("no_such_flow", {})
     assert missing.value.flow_slug == "no_such_flow"
+    await refused(client)
     with pytest.raises(InvalidFlowInput, match="not an array"):
         await client.start_flow("e2e_map", {"not": "a list"})
+    await refused(client)
     with pytest.raises(InvalidFlowInput, match="not JSON-serializable"):
         await client.start_flow("e2e_map", [float("nan")])
-    with pytest.raises(InvalidRunId, match="not a UUID"):
+    await refused(client)
+    with pytest.raises(InvalidRunId, match="not a UUID") as malformed:
         await client.start_flow("e2e_map", [1], run_id="not-a-uuid")
+    assert malformed.value.run_id == "not-a-uuid"
+    await refused(client)
     with pytest.raises(InvalidRunId, match="not a UUID"):
         await client.get_run("42")
+    await refused(client)
+    with pytest.raises(InvalidRunId):
+        await client.get_run(42)  # type: ignore[arg-type]
+    await refused(client)
+
     run_id = uuid.uuid4()
     await client.start_flow("e2e_map", [1], run_id=run_id)
     client.dispose(run_id)
+    await refused(client, settle=True)
     with pytest.raises(RunAlreadyExists):
         await client.start_flow("e2e_map", [1], run_id=run_id)
-    await asyncio.sleep(0)
-    await client.aclose()
-    assert client.subscriptions() == frozenset()
+    await refused(client)
     assert client.runs == {}
+    await client.aclose()
+    await refused(client, listeners=0)
 
 
-async def test_dispose_releases_the_subscription(db_url: str, client: PgflowClient) -> None:
+async def test_dispose_releases_the_subscription(db_url: str, make_client: ClientFactory) -> None:
     await define(db_url, mapping())
+    client = await make_client()
+    released = make_client.assert_nothing_subscribed
     run = await client.start_flow("e2e_map", [1])
     calls: list[object] = []
     run.on("*", calls.append)
-    assert run.run_id in client.subscriptions()
+    assert client.subscriptions() == {run.run_id}
+    if make_client.standin is not None:
+        assert make_client.standin.joined_topics() == {f"pgflow:run:{run.run_id}": 1}
     client.dispose(run.run_id)
     assert run.disposed
     assert client.runs == {}
-    await client.aclose()
+    assert client.subscriptions() == frozenset()  # at once, before the server hears of it
+    await released(client, settle=True)
+
+    # run.dispose() and dispose_all() release the same way.
+    first = await client.start_flow("e2e_map", [1])
+    first.on("*", calls.append)
+    first.dispose()
     assert client.subscriptions() == frozenset()
+    await released(client, settle=True)
+    others = [await client.start_flow("e2e_map", [n]) for n in range(3)]
+    assert client.subscriptions() == {r.run_id for r in others}
+    client.dispose_all()
+    assert all(r.disposed for r in others)
+    await released(client, settle=True)
+    await client.aclose()
+    await released(client, listeners=0)
+    assert calls == []
 
 
 async def test_terminal_run_without_listeners_disposes_itself(
@@ -237,3 +308,20 @@ async def test_terminal_run_without_listeners_disposes_itself(
     assert run.disposed
     assert run.output == {"total": 4}
     assert run.run_id not in client.runs
+
+
+def test_only_the_supabase_variant_goes_to_a_configured_stack(
+    request: pytest.FixtureRequest, make_client: ClientFactory, db_url: str
+) -> None:
+    """With a real stack configured, the Supabase variant of these tests gets its database and
+    the Postgres variant keeps a local clone: the marker on the fixture's param decides."""
+    markers = {marker.name for marker in request.node.iter_markers()}
+    supabase = make_client.transport == "supabase"
+    assert talks_to_supabase(request.fixturenames, markers) is supabase
+    stack = stack_from_env(os.environ)
+    if supabase and isinstance(stack, RealStack):
+        assert db_url == stack.db_url
+        assert make_client.standin is None
+    else:
+        assert conninfo_to_dict(db_url)["dbname"].startswith("pgflow_test_")
+        assert (make_client.standin is not None) is supabase

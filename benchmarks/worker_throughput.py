@@ -475,7 +475,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--memory-tasks",
         type=int,
         default=20_000,
-        help="tasks for the memory curve; 0 skips it (20000; the issue's figure is 100000)",
+        help="tasks for the memory curve; 0 skips it (20000; docs/benchmarks.md uses 100000)",
     )
     parser.add_argument("--concurrency", type=int, help="worker --concurrency (its default)")
     parser.add_argument("--batch-size", type=int, help="worker --batch-size (its default)")

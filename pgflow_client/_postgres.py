@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -207,10 +208,12 @@ class PostgresTransport:
                 break
 
     def _on_notify(self, payload: str) -> None:
+        # Any role may NOTIFY this channel: an id that is not a UUID would fail the read of
+        # every event batched with it, so it is dropped here, on its own.
         try:
             data = json.loads(payload)
-            message_id, topic = str(data["id"]), str(data["topic"])
-        except (ValueError, KeyError, TypeError):
+            message_id, topic = str(uuid.UUID(data["id"])), str(data["topic"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignored a malformed %s notification: %.200r", CHANNEL, payload)
             return
         if topic in self._topics:

@@ -6,7 +6,9 @@ handlers, then ``complete_task`` or ``fail_task``. Retries, backoff and run stat
 the worker only executes. It polls again while handlers still run instead of waiting for the
 whole batch: once a slot frees up it takes every free slot, and under load waits up to 20 ms
 for half a batch of them, so a busy worker reads several messages per round trip rather than
-one each time a handler ends. It enforces each step's ``timeout`` on the handler itself.
+one each time a handler ends. Results of one step's tasks are reported one at a time (they all
+update that step's row), the others in parallel. It enforces each step's ``timeout`` on the
+handler itself.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import signal
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
 import psycopg
@@ -87,6 +89,7 @@ class FlowWorker:
         self._started = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self._step_reports = _KeyedTurns()
         self._runner: asyncio.Task[None] | None = None
         self._threads_started = 0
         self._client: PgflowSqlClient | None = None
@@ -286,8 +289,10 @@ class FlowWorker:
         """Take up to ``most`` more free slots for the next poll; how many were taken.
 
         Takes every slot free now. When that is less than half a batch while handlers are
-        running, waits a moment for some of them to finish: polling for one or two messages
-        each time a single handler ends costs two round trips per couple of tasks under load.
+        running, waits a moment for more of them to finish: each poll costs two round trips and
+        two calls on the server whatever it reads, so polling for one message each time a
+        handler ends spends far more of the database per task. (Waiting for a full batch would
+        stop polling from overlapping the batch's last handlers and reports.)
         """
         taken = 0
         half = max(1, min(self.settings.batch_size, self.settings.max_concurrent) // 2)
@@ -448,7 +453,8 @@ class FlowWorker:
         delay = 0.2
         while True:
             try:
-                await call(task, value)
+                async with self._step_reports.turn((task.run_id, task.step_slug)):
+                    await call(task, value)
                 return True
             except psycopg.OperationalError as exc:
                 if loop.time() + delay > deadline:
@@ -523,3 +529,29 @@ def _remove_signal_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals)
 def run_worker(flow: Flow, dsn: str, **settings: Any) -> None:
     """Run a worker in the foreground until SIGTERM/SIGINT (for scripts and the CLI)."""
     asyncio.run(FlowWorker(flow, dsn, **settings).run())
+
+
+class _KeyedTurns:
+    """One holder at a time per key; keys are forgotten once nobody holds or waits for them.
+
+    Results of one step's tasks all update that step's row in ``pgflow.step_states``: sent at
+    once over several connections, they queue on its row lock in the database, where each
+    wait costs a process wake-up and a recheck. Taking turns here costs neither.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: Any) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -515,6 +515,44 @@ def finish_task(db_url: str, run: FlowRun) -> None:
             )
 
 
+async def test_a_bad_notification_does_not_hold_up_the_events_batched_with_it(
+    db_url: str,
+) -> None:
+    """Any role may NOTIFY the client's channel. Ids that are not UUIDs, committed in the same
+    transaction as a real transition (so they reach the client in one batch), are dropped on
+    their own: the real events are read and delivered, with no fallback to a resync."""
+    if not _defined(db_url):
+        define(db_url)
+    async with await PgflowClient.connect(db_url) as client:
+        run = await client.start_flow(FLOW, {"n": 1})
+        topic = f"pgflow:run:{run.run_id}"
+        seen: list[str] = []
+        run.on("*", lambda e: seen.append(e.event_type))
+        with client_log() as log, psycopg.connect(db_url) as conn:
+            for bad in ["not-a-uuid", 5, None, [run.run_id], ""]:
+                note = json.dumps({"id": bad, "topic": topic})
+                conn.execute("select pg_notify('realtime_broadcast', %s)", (note,))
+            worker = uuid.uuid4()
+            conn.execute(
+                "insert into pgflow.workers (worker_id, queue_name, function_name)"
+                " values (%s, %s, 'fuzz')",
+                (worker, FLOW),
+            )
+            task = conn.execute(
+                "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
+                " array(select msg_id from pgmq.read(%s, 30, 1)), %s)",
+                (FLOW, FLOW, worker),
+            ).fetchone()
+            assert task is not None
+            conn.execute("select pgflow.complete_task(%s, %s, %s, %s)", (*task, Jsonb(1)))
+            conn.commit()
+            await run.wait_for_status("completed", timeout=15)
+        assert seen == ["run:completed"]
+        malformed = [m for m in log.messages if m.startswith("ignored a malformed")]
+        assert len(malformed) == 5, log.messages
+        assert not [m for m in log.messages if "could not read" in m or "resync" in m]
+
+
 broadcast_settings = settings(fuzz_settings, max_examples=25)
 
 
@@ -541,10 +579,9 @@ async def test_malformed_broadcasts_over_postgres(db_url: str, data: st.DataObje
         # Rows are read back and parsed: each one is logged as dropped.
         await log.wait_for_drops([event for event, _ in junk] + [None, "run:completed"])
 
-        # Then garbage notifications, after the rows (one that fails the read of its batch
-        # would take rows batched with it along). Those naming no message the client can read
-        # are dropped silently: each comes before one that is logged, and the client handles
-        # notifications in order.
+        # Then garbage notifications: all but the well-formed one naming no message are logged
+        # as malformed; that one is dropped silently, before others that are logged (the
+        # client handles notifications in order).
         before = len(log.messages)
         with psycopg.connect(db_url, autocommit=True) as conn:
             for note in [
@@ -560,13 +597,10 @@ async def test_malformed_broadcasts_over_postgres(db_url: str, data: st.DataObje
         def handled(messages: list[str]) -> bool:
             new = messages[before:]
             malformed = [m for m in new if m.startswith("ignored a malformed")]
-            return len(malformed) == 3 and any(m.startswith("could not read") for m in new)
+            return len(malformed) == 5
 
-        await log.wait_for(
-            handled,
-            within=15,
-            what=lambda: "3 malformed notifications and the unreadable message id",
-        )
+        await log.wait_for(handled, within=15, what=lambda: "5 malformed notifications")
+        assert not [m for m in log.messages if m.startswith("could not read")], log.messages
 
     async with await PgflowClient.connect(db_url) as client:
         await check_malformed_broadcasts_change_nothing(client, db_url, send, data)

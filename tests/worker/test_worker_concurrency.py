@@ -92,7 +92,7 @@ async def test_async_map_stays_within_max_concurrent_and_the_pool_within_its_siz
     assert max(counts) >= 1, "the worker's connections do not carry its application_name"
 
 
-async def test_a_busy_worker_waits_briefly_to_poll_for_half_a_batch(
+async def test_a_busy_worker_waits_briefly_to_poll_for_several_slots(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Five of ten running handlers end together: the next poll asks for several slots
@@ -105,7 +105,7 @@ async def test_a_busy_worker_waits_briefly_to_poll_for_half_a_batch(
         return await read_messages(self, *args)
 
     monkeypatch.setattr(PgflowSqlClient, "read_messages", recording)
-    flow = Flow("half_batch")
+    flow = Flow("fill_batch")
     first_batch = asyncio.Event()
     refilled = asyncio.Event()
     release_five = asyncio.Event()
@@ -127,7 +127,7 @@ async def test_a_busy_worker_waits_briefly_to_poll_for_half_a_batch(
         return x
 
     async with FlowWorker(flow, db_url, max_concurrent=10, batch_size=10, **FAST):
-        run_id = await start_run(db_url, "half_batch", list(range(20)))
+        run_id = await start_run(db_url, "fill_batch", list(range(20)))
         try:
             await asyncio.wait_for(first_batch.wait(), 20)
             before = len(offered)
@@ -170,3 +170,83 @@ async def test_a_busy_worker_waits_no_longer_than_its_fill_wait() -> None:
         handler.cancel()
     assert taken == 1  # one came free in time; nobody else finished
     assert 0.019 <= waited < 1.0
+
+
+async def test_results_of_one_step_are_reported_one_at_a_time(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of a map: reports of one run's map step never overlap (they would only queue on
+    its step_states row in the database), while the two runs' reports do."""
+    in_flight: dict[tuple[Any, str], int] = {}
+    most: dict[tuple[Any, str], int] = {}
+    overlapping_runs = 0
+    complete_task = PgflowSqlClient.complete_task
+
+    async def recording(self: PgflowSqlClient, task: Any, output: Any) -> None:
+        nonlocal overlapping_runs
+        key = (task.run_id, task.step_slug)
+        in_flight[key] = in_flight.get(key, 0) + 1
+        most[key] = max(most.get(key, 0), in_flight[key])
+        if sum(1 for count in in_flight.values() if count) > 1:
+            overlapping_runs += 1
+        try:
+            await complete_task(self, task, output)
+        finally:
+            in_flight[key] -= 1
+
+    monkeypatch.setattr(PgflowSqlClient, "complete_task", recording)
+    flow = Flow("report_turns")
+
+    @flow.map
+    async def each(x: int) -> int:
+        return x
+
+    async with FlowWorker(flow, db_url, max_concurrent=10, max_pg_connections=4, **FAST):
+        runs = [await start_run(db_url, "report_turns", list(range(30))) for _ in range(2)]
+        finished = [await wait_run(db_url, run_id) for run_id in runs]
+    assert [run["status"] for run in finished] == ["completed", "completed"]
+    assert len(most) == 2
+    assert set(most.values()) == {1}, most
+    assert overlapping_runs > 0, "the two runs' reports never ran side by side"
+
+
+async def test_turns_are_per_key_and_forgotten_when_free() -> None:
+    from pgflow_worker._worker import _KeyedTurns
+
+    turns = _KeyedTurns()
+    order: list[str] = []
+    second_waiting = asyncio.Event()
+
+    async def hold(key: str, name: str, release: asyncio.Event) -> None:
+        async with turns.turn(key):
+            order.append(f"{name} in")
+            await release.wait()
+            order.append(f"{name} out")
+
+    release_a1, release_a2, release_b = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    a1 = asyncio.create_task(hold("a", "a1", release_a1))
+    await asyncio.sleep(0)
+    a2 = asyncio.create_task(hold("a", "a2", release_a2))
+    b = asyncio.create_task(hold("b", "b", release_b))
+    loop = asyncio.get_running_loop()
+    loop.call_soon(second_waiting.set)
+    await second_waiting.wait()
+    await asyncio.sleep(0)
+    assert order == ["a1 in", "b in"]  # a2 waits for a1; b has a turn of its own
+    release_a2.set()  # a2 cannot go before a1 is done, released or not
+    await asyncio.sleep(0)
+    assert "a2 in" not in order
+    release_a1.set()
+    release_b.set()
+    await asyncio.wait_for(asyncio.gather(a1, a2, b), 5)
+    assert order.index("a1 out") < order.index("a2 in")
+    assert turns._locks == {}
+
+    cancelled = asyncio.Event()
+    async with turns.turn("c"):
+        waiter = asyncio.create_task(hold("c", "c2", cancelled))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+    assert turns._locks == {}

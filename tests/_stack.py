@@ -119,6 +119,12 @@ class Stack:
         self._admin(f'create database "{name}" template "{template}"'.encode())
         return name
 
+    def empty(self, prefix: str = "pgflow_empty") -> str:
+        """A new database with nothing in it (no pgmq, no realtime, no pgflow); its name."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        self._admin(f'create database "{name}"'.encode())
+        return name
+
     def drop(self, name: str) -> None:
         self._admin(f'drop database if exists "{name}" with (force)'.encode())
 

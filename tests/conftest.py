@@ -88,6 +88,16 @@ def db_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_db_url(stack: Stack) -> Iterator[str]:
+    """A database with nothing in it: no pgmq, no realtime, no pgflow."""
+    name = stack.empty()
+    try:
+        yield stack.url(name)
+    finally:
+        stack.drop(name)
+
+
+@pytest.fixture
 def official_db_url(stack: Stack) -> Iterator[str]:
     """A fresh database migrated with the official @pgflow/core SQL (fetched with npm)."""
     yield from _clone(stack, "official")

@@ -494,25 +494,29 @@ async def check_malformed_broadcasts_change_nothing(
 
 def finish_task(db_url: str, run: FlowRun) -> None:
     """Play the worker: claim the run's task and complete it."""
-    worker = uuid.uuid4()
     with psycopg.connect(db_url, autocommit=True) as conn:
+        complete_tasks(conn, run)
+
+
+def complete_tasks(conn: Conn, run: FlowRun) -> None:
+    """Claim every queued task of the flow on ``conn`` and complete it; ``run`` must have one."""
+    worker = uuid.uuid4()
+    conn.execute(
+        "insert into pgflow.workers (worker_id, queue_name, function_name) values (%s, %s, 'fuzz')",
+        (worker, FLOW),
+    )
+    tasks = conn.execute(
+        "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
+        " array(select msg_id from pgmq.read(%s, 30, 100)), %s)",
+        (FLOW, FLOW, worker),
+    ).fetchall()
+    mine = [t for t in tasks if str(t[0]) == run.run_id]
+    assert len(mine) == 1, tasks
+    for task in tasks:
         conn.execute(
-            "insert into pgflow.workers (worker_id, queue_name, function_name)"
-            " values (%s, %s, 'fuzz')",
-            (worker, FLOW),
+            "select pgflow.complete_task(%s, %s, %s, %s)",
+            (*task, Jsonb({"real": True} if task in mine else {"other": True})),
         )
-        tasks = conn.execute(
-            "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
-            " array(select msg_id from pgmq.read(%s, 30, 100)), %s)",
-            (FLOW, FLOW, worker),
-        ).fetchall()
-        mine = [t for t in tasks if str(t[0]) == run.run_id]
-        assert len(mine) == 1, tasks
-        for task in tasks:
-            conn.execute(
-                "select pgflow.complete_task(%s, %s, %s, %s)",
-                (*task, Jsonb({"real": True} if task in mine else {"other": True})),
-            )
 
 
 async def test_a_bad_notification_does_not_hold_up_the_events_batched_with_it(
@@ -532,19 +536,7 @@ async def test_a_bad_notification_does_not_hold_up_the_events_batched_with_it(
             for bad in ["not-a-uuid", 5, None, [run.run_id], ""]:
                 note = json.dumps({"id": bad, "topic": topic})
                 conn.execute("select pg_notify('realtime_broadcast', %s)", (note,))
-            worker = uuid.uuid4()
-            conn.execute(
-                "insert into pgflow.workers (worker_id, queue_name, function_name)"
-                " values (%s, %s, 'fuzz')",
-                (worker, FLOW),
-            )
-            task = conn.execute(
-                "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
-                " array(select msg_id from pgmq.read(%s, 30, 1)), %s)",
-                (FLOW, FLOW, worker),
-            ).fetchone()
-            assert task is not None
-            conn.execute("select pgflow.complete_task(%s, %s, %s, %s)", (*task, Jsonb(1)))
+            complete_tasks(conn, run)
             conn.commit()
             await run.wait_for_status("completed", timeout=15)
         assert seen == ["run:completed"]

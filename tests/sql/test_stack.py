@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from pgflow_worker._database import list_migrations, migrate
 from tests._stack import Stack
@@ -74,23 +71,11 @@ def test_migrate_is_a_no_op_when_rerun(db_url: str) -> None:
     assert report.realtime == "stand-in"
 
 
-@pytest.fixture
-def empty_url(stack: Stack) -> Iterator[str]:
-    """A database with nothing in it: no pgmq, no realtime, no pgflow."""
-    name = f"pgflow_empty_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield stack.url(name)
-    finally:
-        stack.drop(name)
-
-
-def test_the_stand_in_is_never_installed_over_supabase_realtime(empty_url: str) -> None:
+def test_the_stand_in_is_never_installed_over_supabase_realtime(empty_db_url: str) -> None:
     """A realtime.send that is not the stand-in's (here a stand-in for Supabase's, recording
     its calls) makes migrate report 'supabase' and leave the realtime schema alone: no
     realtime.messages, no realtime.topic(), send unchanged; pgflow's events go to that send."""
-    with psycopg.connect(empty_url, autocommit=True) as conn:
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute(
             "create schema realtime;"
             " create table realtime.calls (event text, topic text, private boolean);"
@@ -103,7 +88,7 @@ def test_the_stand_in_is_never_installed_over_supabase_realtime(empty_url: str) 
             "::regprocedure"
         ).fetchone()
         assert source_before is not None
-        report = migrate(empty_url)
+        report = migrate(empty_db_url)
         assert report.realtime == "supabase"
         assert report.applied == [m.path.name for m in list_migrations()]
         row = conn.execute(
@@ -114,7 +99,7 @@ def test_the_stand_in_is_never_installed_over_supabase_realtime(empty_url: str) 
             "   where oid = 'realtime.send(jsonb,text,text,boolean)'::regprocedure)"
         ).fetchone()
         assert row == (None, None, 0, source_before[0])
-        assert migrate(empty_url).realtime == "supabase"  # and again on a re-run
+        assert migrate(empty_db_url).realtime == "supabase"  # and again on a re-run
 
         define_flow(conn, "f", [("a", [])])
         run_id = start_flow(conn, "f", {})

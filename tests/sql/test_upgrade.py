@@ -35,9 +35,7 @@ from tests.sql.test_conditions import assert_run_consistent, create_flow, status
 @pytest.fixture
 def old_url(stack: Stack) -> Iterator[str]:
     """A fresh database with only the first migration applied."""
-    name = f"pgflow_upgrade_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    name = stack.empty("pgflow_upgrade")
     try:
         url = stack.url(name)
         report = migrate(url, target="0001")
@@ -198,14 +196,13 @@ def test_0003_replaces_functions_in_place_keeping_their_grants(stack: Stack) -> 
     """0003 redefines add_step, _skip_step and _terminate_run_tasks with the same signatures:
     EXECUTE granted on them at 0002 is still there afterwards, and add_step's new message
     is in force on a connection opened before the upgrade."""
-    name = f"pgflow_upgrade_{uuid.uuid4().hex[:12]}"
     role = f"pgflow_app_{uuid.uuid4().hex[:8]}"
     add_step_sig = (
         "pgflow.add_step(text, text, text[], integer, integer, integer, integer, text,"
         " jsonb, jsonb, text, text)"
     )
+    name = stack.empty("pgflow_upgrade")
     with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
         admin.execute(sql.SQL("create role {}").format(sql.Identifier(role)))
     try:
         url = stack.url(name)

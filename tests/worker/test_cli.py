@@ -20,22 +20,10 @@ from typer.testing import CliRunner
 
 from pgflow_worker import compile_flow
 from pgflow_worker._cli import app
-from tests._stack import Stack
 from tests.worker.markupflows import marks
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-
-
-@pytest.fixture
-def empty_db_url(stack: Stack) -> Iterator[str]:
-    name = f"pgflow_empty_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"'.encode())
-    try:
-        yield stack.url(name)
-    finally:
-        stack.drop(name)
 
 
 def test_migrate_installs_everything_then_is_a_no_op(empty_db_url: str) -> None:

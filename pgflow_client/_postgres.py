@@ -108,6 +108,7 @@ class PostgresTransport:
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 await self._listening.wait()
+            self._check_open()  # closing wakes the wait too
         except BaseException as exc:
             if added:
                 self._topics.pop(topic, None)
@@ -118,10 +119,6 @@ class PostgresTransport:
                     f"{self._subscribe_timeout:g} s"
                 ) from None
             raise
-        if self._closed:
-            if added:
-                self._topics.pop(topic, None)
-            self._check_open()
 
     def unsubscribe(self, run_id: str) -> Coroutine[Any, Any, None]:
         """Stop delivering the run's events at once; the shared LISTEN stays (nothing to await)."""

@@ -10,14 +10,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
-__all__ = ["Message", "PgflowSqlClient", "SqlCallStats", "StepTask", "configure_connection"]
+__all__ = [
+    "Message",
+    "PgflowSqlClient",
+    "Report",
+    "SqlCallStats",
+    "StepTask",
+    "configure_connection",
+]
 
 
 def _dumps(obj: Any) -> str:
@@ -101,6 +109,26 @@ class StepTask:
     @property
     def key(self) -> str:
         return f"{self.run_id}/{self.step_slug}[{self.task_index}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One task's result: its output (``complete``) or its error message (``fail``)."""
+
+    kind: Literal["complete", "fail"]
+    task: StepTask
+    value: Any
+
+
+_COMPLETE = "select 1 from pgflow.complete_task(%s, %s, %s, %s)"
+_FAIL = "select 1 from pgflow.fail_task(%s, %s, %s, %s)"
+
+
+def _call(report: Report) -> tuple[str, tuple[Any, ...]]:
+    task = report.task
+    if report.kind == "complete":
+        return _COMPLETE, (task.run_id, task.step_slug, task.task_index, Jsonb(report.value))
+    return _FAIL, (task.run_id, task.step_slug, task.task_index, report.value)
 
 
 class PgflowSqlClient:
@@ -233,20 +261,52 @@ class PgflowSqlClient:
         )
 
     async def complete_task(self, task: StepTask, output: Any) -> None:
-        self.stats.completions += 1
-        async with self._pool.connection() as conn:
-            await conn.execute(
-                "select 1 from pgflow.complete_task(%s, %s, %s, %s)",
-                (task.run_id, task.step_slug, task.task_index, Jsonb(output)),
-            )
+        await self._send_one(Report("complete", task, output))
 
     async def fail_task(self, task: StepTask, error_message: str) -> None:
-        self.stats.failures += 1
+        await self._send_one(Report("fail", task, error_message))
+
+    async def report_batch(self, reports: Sequence[Report]) -> list[psycopg.Error | None]:
+        """Send several results in one transaction; what each one's call raised, or None.
+
+        When the database refuses the transaction, each result is sent again alone, so the
+        outcomes are those of separate calls. A broken connection raises for the whole batch.
+        """
+        if len(reports) == 1:
+            await self._send_one(reports[0])
+            return [None]
+        self._count(reports)
         async with self._pool.connection() as conn:
-            await conn.execute(
-                "select 1 from pgflow.fail_task(%s, %s, %s, %s)",
-                (task.run_id, task.step_slug, task.task_index, error_message),
-            )
+            try:
+                async with conn.pipeline():  # no Sync in between: one implicit transaction
+                    for report in reports:
+                        await conn.execute(*_call(report))
+            except psycopg.Error:
+                if conn.closed:
+                    raise
+            else:
+                return [None] * len(reports)
+            outcomes: list[psycopg.Error | None] = []
+            for report in reports:
+                try:
+                    await conn.execute(*_call(report))
+                except psycopg.Error as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+            return outcomes
+
+    async def _send_one(self, report: Report) -> None:
+        self._count((report,))
+        async with self._pool.connection() as conn:
+            await conn.execute(*_call(report))
+
+    def _count(self, reports: Sequence[Report]) -> None:
+        for report in reports:
+            if report.kind == "complete":
+                self.stats.completions += 1
+            else:
+                self.stats.failures += 1
 
     async def load_flow_input(self, run_id: uuid.UUID) -> Any:
         self.stats.flow_input_loads += 1

@@ -6,9 +6,9 @@ handlers, then ``complete_task`` or ``fail_task``. Retries, backoff and run stat
 the worker only executes. It polls again while handlers still run instead of waiting for the
 whole batch: once a slot frees up it takes every free slot, and under load waits up to 20 ms
 for half a batch of them, so a busy worker reads several messages per round trip rather than
-one each time a handler ends. Results of one step's tasks are reported one at a time (they all
-update that step's row), the others in parallel. It enforces each step's ``timeout`` on the
-handler itself.
+one each time a handler ends. A finished handler gives its slot to the next poll while its
+result is sent; results ready at once are sent together, in one transaction
+(:mod:`._reports`). It enforces each step's ``timeout`` on the handler itself.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pgflow_client._dsn import describe_dsn, redact
 
 from ._context import FlowInputCache, StepContext
 from ._flow import Flow, StepDefinition
+from ._reports import ReportBatcher
 from ._settings import WorkerSettings
 from ._shape import ensure_flow
 from ._sql_client import Message, PgflowSqlClient, SqlCallStats, StepTask, configure_connection
@@ -89,7 +90,7 @@ class FlowWorker:
         self._started = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
-        self._step_reports = _KeyedTurns()
+        self._report_slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._runner: asyncio.Task[None] | None = None
         self._threads_started = 0
         self._client: PgflowSqlClient | None = None
@@ -157,6 +158,7 @@ class FlowWorker:
                 f"{describe_dsn(self.dsn)}: {redact(str(exc)).strip()}"
             ) from None
         client = self._client = PgflowSqlClient(pool, self.stats)
+        reports = ReportBatcher(client, max_batches=max(1, self.settings.max_pg_connections // 2))
         inputs = FlowInputCache(client)
         removers: list[Callable[[], None]] = []
         try:
@@ -172,9 +174,10 @@ class FlowWorker:
             self._started.set()
             heartbeat = asyncio.create_task(self._heartbeat(client))
             try:
-                await self._poll(client, pool, inputs, loop)
+                await self._poll(client, reports, pool, inputs, loop)
             finally:
                 await self._drain()
+                await reports.aclose()
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
@@ -236,6 +239,7 @@ class FlowWorker:
     async def _poll(
         self,
         client: PgflowSqlClient,
+        reports: ReportBatcher,
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         inputs: FlowInputCache,
         loop: asyncio.AbstractEventLoop,
@@ -279,9 +283,10 @@ class FlowWorker:
                 self._release(free - len(claimed))
                 for message, task in claimed:
                     ctx = self._context(task, message, pool, inputs, loop)
-                    runner = asyncio.create_task(self._execute(client, task, ctx))
+                    slot = _Slot(self._slots)
+                    runner = asyncio.create_task(self._execute(reports, task, ctx, slot))
                     self._in_flight.add(runner)
-                    runner.add_done_callback(self._finished)
+                    runner.add_done_callback(functools.partial(self._finished, slot))
         finally:
             stop_wait.cancel()
 
@@ -334,9 +339,9 @@ class FlowWorker:
         for _ in range(count):
             self._slots.release()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, slot: _Slot, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._slots.release()
+        slot.release()
 
     def _context(
         self,
@@ -377,40 +382,51 @@ class FlowWorker:
             return None
         return float(step.options.timeout or self.flow.options.timeout or _DEFAULT_TIMEOUT)
 
-    async def _execute(self, client: PgflowSqlClient, task: StepTask, ctx: StepContext) -> None:
+    async def _execute(
+        self, reports: ReportBatcher, task: StepTask, ctx: StepContext, slot: _Slot
+    ) -> None:
         logger = ctx.logger
         try:
             step = self.flow.get_step(task.step_slug)
         except Exception as exc:
-            await self._report(
-                client.fail_task,
-                task,
+            error = (
                 f"WorkerError: this worker's flow {self.flow.slug!r} has no step "
-                f"{task.step_slug!r} ({exc})",
-                logger,
+                f"{task.step_slug!r} ({exc})"
             )
-            self.failed += 1
-            return
-        logger.debug("starting attempt %s", task.attempt)
-        try:
-            output = await self._invoke(step, task, ctx)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                logger.warning("cancelled during shutdown; the task will be retried")
-                raise
-            error = "CancelledError: the handler was cancelled"
-            logger.warning("attempt %s failed: %s", task.attempt, error)
-        except BaseException as exc:  # any handler failure, SystemExit included, fails the task
-            error = _describe(exc)
-            logger.warning("attempt %s failed: %s", task.attempt, error, exc_info=exc)
         else:
-            if await self._report(client.complete_task, task, output, logger):
-                self.completed += 1
-                logger.debug("completed")
-            return
+            logger.debug("starting attempt %s", task.attempt)
+            try:
+                output = await self._invoke(step, task, ctx)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    logger.warning("cancelled during shutdown; the task will be retried")
+                    raise
+                error = "CancelledError: the handler was cancelled"
+                logger.warning("attempt %s failed: %s", task.attempt, error)
+            except BaseException as exc:  # any handler failure, SystemExit included, fails it
+                error = _describe(exc)
+                logger.warning("attempt %s failed: %s", task.attempt, error, exc_info=exc)
+            else:
+                async with self._reporting(slot):
+                    if await self._report(reports.complete, task, output, logger):
+                        self.completed += 1
+                        logger.debug("completed")
+                return
         self.failed += 1
-        await self._report(client.fail_task, task, error, logger)
+        async with self._reporting(slot):
+            await self._report(reports.fail, task, error, logger)
+
+    @contextlib.asynccontextmanager
+    async def _reporting(self, slot: _Slot) -> AsyncIterator[None]:
+        """Trade the task's handler slot for a report slot while its result is sent.
+
+        The next poll need not wait for the database to take this result; the report slots
+        bound how many finished tasks may wait for that.
+        """
+        async with self._report_slots:
+            slot.release()
+            yield
 
     async def _invoke(self, step: StepDefinition, task: StepTask, ctx: StepContext) -> Any:
         if step.is_map:
@@ -453,8 +469,7 @@ class FlowWorker:
         delay = 0.2
         while True:
             try:
-                async with self._step_reports.turn((task.run_id, task.step_slug)):
-                    await call(task, value)
+                await call(task, value)
                 return True
             except psycopg.OperationalError as exc:
                 if loop.time() + delay > deadline:
@@ -531,27 +546,15 @@ def run_worker(flow: Flow, dsn: str, **settings: Any) -> None:
     asyncio.run(FlowWorker(flow, dsn, **settings).run())
 
 
-class _KeyedTurns:
-    """One holder at a time per key; keys are forgotten once nobody holds or waits for them.
+class _Slot:
+    """A claimed task's place under ``max_concurrent``, given back exactly once."""
 
-    Results of one step's tasks all update that step's row in ``pgflow.step_states``: sent at
-    once over several connections, they queue on its row lock in the database, where each
-    wait costs a process wake-up and a recheck. Taking turns here costs neither.
-    """
+    __slots__ = ("_semaphore",)
 
-    def __init__(self) -> None:
-        self._locks: dict[Any, tuple[asyncio.Lock, int]] = {}
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
 
-    @contextlib.asynccontextmanager
-    async def turn(self, key: Any) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None

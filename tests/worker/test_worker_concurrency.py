@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
 import pytest
 
 from pgflow_worker import Flow, FlowWorker, StepContext
-from pgflow_worker._sql_client import Message, PgflowSqlClient
+from pgflow_worker._sql_client import Message, PgflowSqlClient, Report
 from tests.worker.helpers import start_run, wait_run
 
 FAST = {"max_poll_seconds": 1, "poll_interval_ms": 50}
@@ -172,29 +172,28 @@ async def test_a_busy_worker_waits_no_longer_than_its_fill_wait() -> None:
     assert 0.019 <= waited < 1.0
 
 
-async def test_results_of_one_step_are_reported_one_at_a_time(
+async def test_results_of_one_step_travel_in_one_batch_at_a_time(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two runs of a map: reports of one run's map step never overlap (they would only queue on
-    its step_states row in the database), while the two runs' reports do."""
-    in_flight: dict[tuple[Any, str], int] = {}
-    most: dict[tuple[Any, str], int] = {}
-    overlapping_runs = 0
-    complete_task = PgflowSqlClient.complete_task
+    """Two runs of a map: results of one run's map step are never in two batches being sent at
+    once (they would only queue on its step_states row), and results ready together share a
+    batch."""
+    in_flight: list[set[tuple[Any, str]]] = []
+    sizes: list[int] = []
+    clashes: list[tuple[Any, str]] = []
+    report_batch = PgflowSqlClient.report_batch
 
-    async def recording(self: PgflowSqlClient, task: Any, output: Any) -> None:
-        nonlocal overlapping_runs
-        key = (task.run_id, task.step_slug)
-        in_flight[key] = in_flight.get(key, 0) + 1
-        most[key] = max(most.get(key, 0), in_flight[key])
-        if sum(1 for count in in_flight.values() if count) > 1:
-            overlapping_runs += 1
+    async def recording(self: PgflowSqlClient, reports: Sequence[Report]) -> Any:
+        keys = {(r.task.run_id, r.task.step_slug) for r in reports}
+        clashes.extend(key for other in in_flight for key in keys & other)
+        in_flight.append(keys)
+        sizes.append(len(reports))
         try:
-            await complete_task(self, task, output)
+            return await report_batch(self, reports)
         finally:
-            in_flight[key] -= 1
+            in_flight.remove(keys)
 
-    monkeypatch.setattr(PgflowSqlClient, "complete_task", recording)
+    monkeypatch.setattr(PgflowSqlClient, "report_batch", recording)
     flow = Flow("report_turns")
 
     @flow.map
@@ -205,48 +204,52 @@ async def test_results_of_one_step_are_reported_one_at_a_time(
         runs = [await start_run(db_url, "report_turns", list(range(30))) for _ in range(2)]
         finished = [await wait_run(db_url, run_id) for run_id in runs]
     assert [run["status"] for run in finished] == ["completed", "completed"]
-    assert len(most) == 2
-    assert set(most.values()) == {1}, most
-    assert overlapping_runs > 0, "the two runs' reports never ran side by side"
+    assert [run["output"] for run in finished] == [{"each": list(range(30))}] * 2
+    assert clashes == []
+    assert sum(sizes) == 60
+    assert max(sizes) > 1, sizes
 
 
-async def test_turns_are_per_key_and_forgotten_when_free() -> None:
-    from pgflow_worker._worker import _KeyedTurns
+async def test_the_next_poll_does_not_wait_for_results_to_be_sent(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database takes no results, a worker with max_concurrent=5 runs five more
+    handlers after the first five are done, and no more: five finished tasks may wait for
+    their results to be sent, beyond that the poll loop waits too."""
+    gate = asyncio.Event()
+    report_batch = PgflowSqlClient.report_batch
 
-    turns = _KeyedTurns()
-    order: list[str] = []
-    second_waiting = asyncio.Event()
+    async def gated(self: PgflowSqlClient, reports: Sequence[Report]) -> Any:
+        await gate.wait()
+        return await report_batch(self, reports)
 
-    async def hold(key: str, name: str, release: asyncio.Event) -> None:
-        async with turns.turn(key):
-            order.append(f"{name} in")
-            await release.wait()
-            order.append(f"{name} out")
+    monkeypatch.setattr(PgflowSqlClient, "report_batch", gated)
+    flow = Flow("report_backlog")
+    returned = 0
+    ten_returned = asyncio.Event()
 
-    release_a1, release_a2, release_b = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    a1 = asyncio.create_task(hold("a", "a1", release_a1))
-    await asyncio.sleep(0)
-    a2 = asyncio.create_task(hold("a", "a2", release_a2))
-    b = asyncio.create_task(hold("b", "b", release_b))
-    loop = asyncio.get_running_loop()
-    loop.call_soon(second_waiting.set)
-    await second_waiting.wait()
-    await asyncio.sleep(0)
-    assert order == ["a1 in", "b in"]  # a2 waits for a1; b has a turn of its own
-    release_a2.set()  # a2 cannot go before a1 is done, released or not
-    await asyncio.sleep(0)
-    assert "a2 in" not in order
-    release_a1.set()
-    release_b.set()
-    await asyncio.wait_for(asyncio.gather(a1, a2, b), 5)
-    assert order.index("a1 out") < order.index("a2 in")
-    assert turns._locks == {}
+    @flow.map
+    async def each(x: int) -> int:
+        nonlocal returned
+        returned += 1
+        if returned == 10:
+            ten_returned.set()
+        return x
 
-    cancelled = asyncio.Event()
-    async with turns.turn("c"):
-        waiter = asyncio.create_task(hold("c", "c2", cancelled))
-        await asyncio.sleep(0)
-        waiter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiter
-    assert turns._locks == {}
+    worker = FlowWorker(flow, db_url, max_concurrent=5, batch_size=5, **FAST)
+    async with worker:
+        run_id = await start_run(db_url, "report_backlog", list(range(20)))
+        try:
+            await asyncio.wait_for(ten_returned.wait(), 20)
+            # Ten handlers returned, none reported: every handler and report slot is taken,
+            # so no poll can claim an eleventh task.
+            assert worker._slots.locked()
+            assert worker._report_slots.locked()
+            assert returned == 10
+            assert worker.completed == 0
+        finally:
+            gate.set()
+        run = await wait_run(db_url, run_id)
+    assert run["status"] == "completed"
+    assert run["output"] == {"each": list(range(20))}
+    assert returned == 20

@@ -63,6 +63,8 @@ class SqlCallStats:
     completions: int = 0
     #: ``pgflow.fail_task`` calls.
     failures: int = 0
+    #: Transactions that carried results: one per batch, however many results it held.
+    report_transactions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,7 @@ class PgflowSqlClient:
             return [None]
         self._count(reports)
         async with self._pool.connection() as conn:
+            self.stats.report_transactions += 1
             try:
                 async with conn.pipeline():  # no Sync in between: one implicit transaction
                     for report in reports:
@@ -288,6 +291,7 @@ class PgflowSqlClient:
                 return [None] * len(reports)
             outcomes: list[psycopg.Error | None] = []
             for report in reports:
+                self.stats.report_transactions += 1
                 try:
                     await conn.execute(*_call(report))
                 except psycopg.Error as exc:
@@ -299,6 +303,7 @@ class PgflowSqlClient:
     async def _send_one(self, report: Report) -> None:
         self._count((report,))
         async with self._pool.connection() as conn:
+            self.stats.report_transactions += 1
             await conn.execute(*_call(report))
 
     def _count(self, reports: Sequence[Report]) -> None:

@@ -138,6 +138,8 @@ async def test_a_refused_result_fails_alone(client: GatedClient) -> None:
     with pytest.raises(psycopg.errors.NoDataFound, match=r"has no task each\[99\]"):
         await bad
     assert sorted(indexes(client.batches[1])) == [1, 2, 99]
+    # The first alone, then the refused batch of three, then each of the three alone.
+    assert client.stats.report_transactions == 1 + 1 + 3
     rows = await task_rows(client, tasks[0].run_id)
     assert {i: status for i, (status, _) in rows.items()} == {
         0: "completed",

@@ -200,7 +200,8 @@ async def test_results_of_one_step_travel_in_one_batch_at_a_time(
     async def each(x: int) -> int:
         return x
 
-    async with FlowWorker(flow, db_url, max_concurrent=10, max_pg_connections=4, **FAST):
+    worker = FlowWorker(flow, db_url, max_concurrent=10, max_pg_connections=4, **FAST)
+    async with worker:
         runs = [await start_run(db_url, "report_turns", list(range(30))) for _ in range(2)]
         finished = [await wait_run(db_url, run_id) for run_id in runs]
     assert [run["status"] for run in finished] == ["completed", "completed"]
@@ -208,6 +209,8 @@ async def test_results_of_one_step_travel_in_one_batch_at_a_time(
     assert clashes == []
     assert sum(sizes) == 60
     assert max(sizes) > 1, sizes
+    assert worker.stats.completions == 60
+    assert worker.stats.report_transactions == len(sizes)
 
 
 async def test_the_next_poll_does_not_wait_for_results_to_be_sent(

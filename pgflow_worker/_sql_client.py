@@ -7,13 +7,14 @@ column; :class:`StepTask` hides that difference from the rest of the worker.
 
 from __future__ import annotations
 
+import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -28,14 +29,39 @@ __all__ = [
 ]
 
 
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+# Enough digits that orjson may round the number (it reads integers past 64 bits as floats).
+_LONG_NUMBER = re.compile(rb"[0-9]{16}")
+
+
+def dumps_json(obj: Any) -> str:
+    """JSON text of ``obj``: orjson's, or the standard library's for what orjson refuses
+    (integers past 64 bits), so that every Python int is stored exactly."""
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+
+def loads_json(data: bytes | bytearray | memoryview | str) -> Any:
+    """``data`` decoded: by orjson, or by the standard library where orjson would round a long
+    number or refuse one beyond a float's range (``jsonb`` holds both).
+
+    Raises ValueError (or RecursionError, for nesting deeper than Python allows) for text
+    neither can decode.
+    """
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _LONG_NUMBER.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(raw)
 
 
 async def configure_connection(conn: AsyncConnection[Any]) -> None:
-    """Fast JSON for every pooled connection."""
-    set_json_dumps(_dumps, conn)
-    set_json_loads(orjson.loads, conn)
+    """Fast, exact JSON for every pooled connection."""
+    set_json_dumps(dumps_json, conn)
+    set_json_loads(loads_json, conn)
 
 
 @dataclass(slots=True)
@@ -77,6 +103,8 @@ class Message:
     vt: Any
     message: dict[str, Any]
     headers: Any = None
+    #: Why the message's JSON could not be decoded (it is then ``{}``), or None.
+    decode_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +135,8 @@ class StepTask:
     flow_input: Any
     has_flow_input: bool
     attempt: int
+    #: Why the task's record could not be decoded (its input is then None), or None.
+    decode_error: str | None = None
 
     @property
     def key(self) -> str:
@@ -131,6 +161,23 @@ def _call(report: Report) -> tuple[str, tuple[Any, ...]]:
     if report.kind == "complete":
         return _COMPLETE, (task.run_id, task.step_slug, task.task_index, Jsonb(report.value))
     return _FAIL, (task.run_id, task.step_slug, task.task_index, report.value)
+
+
+def _decode_error(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "JSON nested deeper than Python's recursion limit"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _message(
+    msg_id: int, read_ct: int, enqueued_at: Any, vt: Any, body: str, headers: str | None
+) -> Message:
+    try:
+        message = loads_json(body)
+        header_data = None if headers is None else loads_json(headers)
+    except (ValueError, RecursionError) as exc:
+        return Message(msg_id, read_ct, enqueued_at, vt, {}, None, _decode_error(exc))
+    return Message(msg_id, read_ct, enqueued_at, vt, message, header_data)
 
 
 class PgflowSqlClient:
@@ -209,13 +256,14 @@ class PgflowSqlClient:
         self.stats.slots_offered += qty
         async with self._pool.connection() as conn:
             cur = await conn.execute(
-                "select msg_id, read_ct, enqueued_at, vt, message, headers"
+                # As text, decoded one by one: a message that cannot be decoded fails alone.
+                "select msg_id, read_ct, enqueued_at, vt, message::text, headers::text"
                 " from pgmq.read_with_poll(%s, %s, %s, %s, %s)",
                 (queue, visibility_timeout, qty, max_poll_seconds, poll_ms),
             )
             rows = await cur.fetchall()
         self.stats.messages_read += len(rows)
-        return [Message(*row) for row in rows]
+        return [_message(*row) for row in rows]
 
     async def start_tasks(
         self, flow_slug: str, msg_ids: Sequence[int], worker_id: uuid.UUID
@@ -226,7 +274,8 @@ class PgflowSqlClient:
         self.stats.start_tasks_calls += 1
         async with self._pool.connection() as conn, conn.pipeline():
             started = await conn.execute(
-                "select to_jsonb(t) from pgflow.start_tasks(%s, %s::bigint[], %s) t",
+                "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
+                " to_jsonb(t)::text from pgflow.start_tasks(%s, %s::bigint[], %s) t",
                 (flow_slug, list(msg_ids), worker_id),
             )
             attempts = await conn.execute(
@@ -237,10 +286,32 @@ class PgflowSqlClient:
                 " join pgflow.step_tasks as t on t.flow_slug = %s and t.message_id = m.id",
                 (list(msg_ids), flow_slug),
             )
-            records = [row[0] for row in await started.fetchall()]
+            rows = await started.fetchall()
             attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
-        self.stats.tasks_started += len(records)
-        return [self._to_task(r, attempt_by_msg.get(r["msg_id"], 1)) for r in records]
+        self.stats.tasks_started += len(rows)
+        tasks: list[StepTask] = []
+        for flow, run_id, step_slug, task_index, msg_id, text in rows:
+            attempt = attempt_by_msg.get(msg_id, 1)
+            try:
+                record = loads_json(text)
+            except (ValueError, RecursionError) as exc:
+                tasks.append(
+                    StepTask(
+                        flow_slug=flow,
+                        run_id=run_id,
+                        step_slug=step_slug,
+                        task_index=task_index,
+                        msg_id=msg_id,
+                        input=None,
+                        flow_input=None,
+                        has_flow_input=False,
+                        attempt=attempt,
+                        decode_error=_decode_error(exc),
+                    )
+                )
+            else:
+                tasks.append(self._to_task(record, attempt))
+        return tasks
 
     def _to_task(self, record: dict[str, Any], attempt: int) -> StepTask:
         raw_input = record["input"]
@@ -268,11 +339,12 @@ class PgflowSqlClient:
     async def fail_task(self, task: StepTask, error_message: str) -> None:
         await self._send_one(Report("fail", task, error_message))
 
-    async def report_batch(self, reports: Sequence[Report]) -> list[psycopg.Error | None]:
+    async def report_batch(self, reports: Sequence[Report]) -> list[Exception | None]:
         """Send several results in one transaction; what each one's call raised, or None.
 
-        When the database refuses the transaction, each result is sent again alone, so the
-        outcomes are those of separate calls. A broken connection raises for the whole batch.
+        When the transaction fails (the database refused a result, or one could not be
+        encoded), each result is sent again alone, so the outcomes are those of separate calls.
+        A broken connection raises for the whole batch.
         """
         if len(reports) == 1:
             await self._send_one(reports[0])
@@ -284,17 +356,17 @@ class PgflowSqlClient:
                 async with conn.pipeline():  # no Sync in between: one implicit transaction
                     for report in reports:
                         await conn.execute(*_call(report))
-            except psycopg.Error:
+            except Exception:
                 if conn.closed:
                     raise
             else:
                 return [None] * len(reports)
-            outcomes: list[psycopg.Error | None] = []
+            outcomes: list[Exception | None] = []
             for report in reports:
                 self.stats.report_transactions += 1
                 try:
                     await conn.execute(*_call(report))
-                except psycopg.Error as exc:
+                except Exception as exc:  # a refused result, or one that cannot be encoded
                     outcomes.append(exc)
                 else:
                     outcomes.append(None)

@@ -329,6 +329,14 @@ class FlowWorker:
         )
         if not messages:
             return []
+        for message in messages:
+            if message.decode_error is not None:
+                log.warning(
+                    "message %s of queue %r cannot be decoded (%s)",
+                    message.msg_id,
+                    self.flow.slug,
+                    message.decode_error,
+                )
         tasks = await client.start_tasks(
             self.flow.slug, [m.msg_id for m in messages], self.worker_id
         )
@@ -386,14 +394,9 @@ class FlowWorker:
         self, reports: ReportBatcher, task: StepTask, ctx: StepContext, slot: _Slot
     ) -> None:
         logger = ctx.logger
-        try:
+        error = self._unrunnable(task)
+        if error is None:
             step = self.flow.get_step(task.step_slug)
-        except Exception as exc:
-            error = (
-                f"WorkerError: this worker's flow {self.flow.slug!r} has no step "
-                f"{task.step_slug!r} ({exc})"
-            )
-        else:
             logger.debug("starting attempt %s", task.attempt)
             try:
                 output = await self._invoke(step, task, ctx)
@@ -413,9 +416,27 @@ class FlowWorker:
                         self.completed += 1
                         logger.debug("completed")
                 return
+        else:
+            logger.warning("attempt %s failed: %s", task.attempt, error)
         self.failed += 1
         async with self._reporting(slot):
             await self._report(reports.fail, task, error, logger)
+
+    def _unrunnable(self, task: StepTask) -> str | None:
+        """Why no handler can run this task (an unknown step, an undecodable input), or None."""
+        try:
+            self.flow.get_step(task.step_slug)
+        except Exception as exc:
+            return (
+                f"WorkerError: this worker's flow {self.flow.slug!r} has no step "
+                f"{task.step_slug!r} ({exc})"
+            )
+        if task.decode_error is not None:
+            return (
+                f"WorkerError: the task of step {task.step_slug!r} of flow {self.flow.slug!r} "
+                f"cannot be decoded: {task.decode_error}"
+            )
+        return None
 
     @contextlib.asynccontextmanager
     async def _reporting(self, slot: _Slot) -> AsyncIterator[None]:
@@ -480,6 +501,12 @@ class FlowWorker:
                 delay = min(delay * 2, 5.0)
             except psycopg.Error as exc:
                 logger.warning("the database refused the result: %s", exc)
+                return False
+            except Exception as exc:
+                logger.error(
+                    "the result could not be sent; the task will be retried after its timeout",
+                    exc_info=exc,
+                )
                 return False
 
     async def _drain(self) -> None:

@@ -37,7 +37,7 @@ class GatedClient(PgflowSqlClient):
         self.gate.set()
         self.arrived = asyncio.Condition()
 
-    async def report_batch(self, reports: Sequence[Report]) -> list[psycopg.Error | None]:
+    async def report_batch(self, reports: Sequence[Report]) -> list[Exception | None]:
         batch = list(reports)
         async with self.arrived:
             self.batches.append(batch)

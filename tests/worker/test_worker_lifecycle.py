@@ -117,9 +117,9 @@ class _LogEvent(logging.Handler):
             self.event.set()
 
 
-async def test_a_poll_failing_outside_the_database_driver_is_survived(db_url: str) -> None:
-    """A message nested deeper than the JSON decoder allows breaks the poll that reads it
-    (orjson raises, not psycopg): the worker logs it, backs off and keeps serving the flow."""
+async def test_a_message_that_cannot_be_decoded_holds_up_no_other(db_url: str) -> None:
+    """A message nested deeper than Python's JSON decoder allows is logged and left alone (it
+    has no task); a run started beside it completes while it is still in the queue."""
     flow = two_steps("poisoned")
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         await ensure_flow(conn, flow)
@@ -129,26 +129,88 @@ async def test_a_poll_failing_outside_the_database_driver_is_survived(db_url: st
         row = await cur.fetchone()
         assert row is not None
         poison_id = row[0]
-    watcher = _LogEvent("poll failed")
+    watcher = _LogEvent("cannot be decoded")
     logger = logging.getLogger("pgflow.worker")
     logger.addHandler(watcher)
-    worker = FlowWorker(flow, db_url, **FAST)
-    runner = asyncio.create_task(worker.run(install_signal_handlers=False))
     try:
-        logged = asyncio.create_task(watcher.event.wait())
-        await asyncio.wait({runner, logged}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        assert not runner.done(), runner.exception() if runner.done() else None
-        assert logged.done(), "no poll failure was logged"
-        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            await conn.execute("select pgmq.delete('poisoned', %s::bigint)", (poison_id,))
-        run = await wait_run(db_url, await start_run(db_url, "poisoned", {}))
+        async with FlowWorker(flow, db_url, **FAST) as worker:
+            run = await wait_run(db_url, await start_run(db_url, "poisoned", {}))
+            await asyncio.wait_for(watcher.event.wait(), 20)
         assert (run["status"], run["output"]) == ("completed", {"two": 2})
-        assert not runner.done()
+        assert worker.completed == 2
     finally:
         logger.removeHandler(watcher)
-        worker.stop()
-        await asyncio.wait_for(runner, 30)
     record = watcher.records[0]
     assert record.levelno == logging.WARNING
-    assert "JSONDecodeError" in record.getMessage()
-    assert record.exc_info is not None  # an unexpected kind of failure comes with its traceback
+    assert f"message {poison_id} of queue 'poisoned'" in record.getMessage()
+    assert "nested deeper" in record.getMessage()
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select count(*) from pgmq.q_poisoned where msg_id = %s", (poison_id,)
+        )
+        assert await cur.fetchone() == (1,)  # not the worker's to delete
+
+
+async def test_a_task_whose_input_cannot_be_decoded_fails_with_the_reason(db_url: str) -> None:
+    flow = Flow("deep_input", max_attempts=1)
+
+    @flow.step
+    def first(input: Any) -> str:
+        return "ran"
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await ensure_flow(conn, flow)
+        cur = await conn.execute(
+            "select run_id from pgflow.start_flow('deep_input', %s::jsonb)",
+            ('{"x": ' + "[" * 1100 + "]" * 1100 + "}",),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+    async with FlowWorker(flow, db_url, **FAST) as worker:
+        run = await wait_run(db_url, row[0])
+        plain = await wait_run(db_url, await start_run(db_url, "deep_input", {"x": 1}))
+    assert run["status"] == "failed"
+    assert plain["status"] == "completed"
+    assert (worker.completed, worker.failed) == (1, 1)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select error_message from pgflow.step_tasks where run_id = %s", (row[0],)
+        )
+        task = await cur.fetchone()
+    assert task is not None
+    assert task[0] == (
+        "WorkerError: the task of step 'first' of flow 'deep_input' cannot be decoded: "
+        "JSON nested deeper than Python's recursion limit"
+    )
+
+
+async def test_numbers_past_64_bits_reach_handlers_and_the_database_exactly(db_url: str) -> None:
+    """orjson alone would round 2**70 + 1 to a float and refuse 1e400 (which jsonb stores as
+    the integer it is): both reach the handler as exact ints, and its output is stored
+    exactly."""
+    flow = Flow("big_numbers")
+    big = 2**70 + 1
+
+    @flow.step
+    def twice(input: Any) -> dict[str, Any]:
+        n, f = input["n"], input["f"]
+        return {"twice": n * 2, "types": [type(n).__name__, type(f).__name__], "f": f == 10**400}
+
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await ensure_flow(conn, flow)
+        cur = await conn.execute(
+            "select run_id from pgflow.start_flow('big_numbers', %s::jsonb)",
+            (f'{{"n": {big}, "f": 1e400}}',),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+    async with FlowWorker(flow, db_url, **FAST):
+        run = await wait_run(db_url, row[0])
+    assert run["status"] == "completed"
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select output -> 'twice' ->> 'twice', output -> 'twice' -> 'types',"
+            " output -> 'twice' -> 'f' from pgflow.runs where run_id = %s",
+            (row[0],),
+        )
+        assert await cur.fetchone() == (str(2 * big), ["int", "int"], True)

@@ -49,13 +49,13 @@ def loads_json(data: bytes | bytearray | memoryview | str) -> Any:
     Raises ValueError (or RecursionError, for nesting deeper than Python allows) for text
     neither can decode.
     """
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = data.encode() if isinstance(data, str) else data
     if _LONG_NUMBER.search(raw) is None:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(raw)
+    return json.loads(bytes(raw))  # the standard library takes no memoryview
 
 
 async def configure_connection(conn: AsyncConnection[Any]) -> None:
@@ -332,12 +332,6 @@ class PgflowSqlClient:
             has_flow_input=has_flow_input,
             attempt=attempt,
         )
-
-    async def complete_task(self, task: StepTask, output: Any) -> None:
-        await self._send_one(Report("complete", task, output))
-
-    async def fail_task(self, task: StepTask, error_message: str) -> None:
-        await self._send_one(Report("fail", task, error_message))
 
     async def report_batch(self, reports: Sequence[Report]) -> list[Exception | None]:
         """Send several results in one transaction; what each one's call raised, or None.

@@ -394,9 +394,11 @@ class FlowWorker:
         self, reports: ReportBatcher, task: StepTask, ctx: StepContext, slot: _Slot
     ) -> None:
         logger = ctx.logger
-        error = self._unrunnable(task)
-        if error is None:
-            step = self.flow.get_step(task.step_slug)
+        step = self._runnable_step(task)
+        if isinstance(step, str):
+            error = step
+            logger.warning("attempt %s failed: %s", task.attempt, error)
+        else:
             logger.debug("starting attempt %s", task.attempt)
             try:
                 output = await self._invoke(step, task, ctx)
@@ -416,16 +418,15 @@ class FlowWorker:
                         self.completed += 1
                         logger.debug("completed")
                 return
-        else:
-            logger.warning("attempt %s failed: %s", task.attempt, error)
         self.failed += 1
         async with self._reporting(slot):
             await self._report(reports.fail, task, error, logger)
 
-    def _unrunnable(self, task: StepTask) -> str | None:
-        """Why no handler can run this task (an unknown step, an undecodable input), or None."""
+    def _runnable_step(self, task: StepTask) -> StepDefinition | str:
+        """The step whose handler runs this task, or why none can (an unknown step, an
+        undecodable input)."""
         try:
-            self.flow.get_step(task.step_slug)
+            step = self.flow.get_step(task.step_slug)
         except Exception as exc:
             return (
                 f"WorkerError: this worker's flow {self.flow.slug!r} has no step "
@@ -436,7 +437,7 @@ class FlowWorker:
                 f"WorkerError: the task of step {task.step_slug!r} of flow {self.flow.slug!r} "
                 f"cannot be decoded: {task.decode_error}"
             )
-        return None
+        return step
 
     @contextlib.asynccontextmanager
     async def _reporting(self, slot: _Slot) -> AsyncIterator[None]:

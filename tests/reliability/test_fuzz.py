@@ -498,18 +498,24 @@ def finish_task(db_url: str, run: FlowRun) -> None:
         complete_tasks(conn, run)
 
 
-def complete_tasks(conn: Conn, run: FlowRun) -> None:
-    """Claim every queued task of the flow on ``conn`` and complete it; ``run`` must have one."""
+def claim_all(conn: Conn) -> list[tuple[Any, ...]]:
+    """Claim every queued task of the flow on ``conn`` for a new worker: (run_id, step_slug,
+    task_index) of each."""
     worker = uuid.uuid4()
     conn.execute(
         "insert into pgflow.workers (worker_id, queue_name, function_name) values (%s, %s, 'fuzz')",
         (worker, FLOW),
     )
-    tasks = conn.execute(
+    return conn.execute(
         "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
         " array(select msg_id from pgmq.read(%s, 30, 100)), %s)",
         (FLOW, FLOW, worker),
     ).fetchall()
+
+
+def complete_tasks(conn: Conn, run: FlowRun) -> None:
+    """Claim every queued task of the flow on ``conn`` and complete it; ``run`` must have one."""
+    tasks = claim_all(conn)
     mine = [t for t in tasks if str(t[0]) == run.run_id]
     assert len(mine) == 1, tasks
     for task in tasks:
@@ -672,18 +678,8 @@ async def test_event_on_one_runs_topic_naming_another_run_is_ignored(
 
 
 def finish_task_of_both(db_url: str) -> None:
-    worker = uuid.uuid4()
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(
-            "insert into pgflow.workers (worker_id, queue_name, function_name)"
-            " values (%s, %s, 'fuzz')",
-            (worker, FLOW),
-        )
-        tasks = conn.execute(
-            "select run_id, step_slug, task_index from pgflow.start_tasks(%s,"
-            " array(select msg_id from pgmq.read(%s, 30, 100)), %s)",
-            (FLOW, FLOW, worker),
-        ).fetchall()
+        tasks = claim_all(conn)
         assert len(tasks) == 2
         for task in tasks:
             conn.execute(

@@ -22,8 +22,8 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ._dsn import describe_dsn, redact
 from ._transport import TransportHooks, nothing, rpc_error
+from .dsn import describe_dsn, redact
 from .errors import ClientClosed, SubscriptionError, TransportError
 
 __all__ = ["PostgresTransport"]

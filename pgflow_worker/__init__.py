@@ -19,7 +19,7 @@
 
 from ._compiler import compile_flow, migration_filename, render_migration
 from ._context import StepContext
-from ._database import LocalPostgres, MigrationReport, migrate
+from ._database import MigrationReport, migrate
 from ._flow import (
     Flow,
     FlowOptions,
@@ -33,6 +33,7 @@ from ._flow import (
 from ._settings import WorkerSettings
 from ._shape import EnsureResult, FlowShape, compare_flow_shapes, ensure_flow, flow_shape
 from ._sql_client import SqlCallStats
+from ._tools import LocalPostgres
 from ._worker import FlowWorker, run_worker
 from .errors import (
     DatabaseSetupError,
@@ -43,6 +44,9 @@ from .errors import (
     HandlerOutputError,
     MigrationError,
     PgflowError,
+    PgmqUnavailable,
+    PostgresNotFound,
+    PostgresStartError,
     StepNotFound,
     WorkerError,
 )
@@ -64,6 +68,9 @@ __all__ = [
     "MigrationError",
     "MigrationReport",
     "PgflowError",
+    "PgmqUnavailable",
+    "PostgresNotFound",
+    "PostgresStartError",
     "SqlCallStats",
     "StepContext",
     "StepDefinition",

@@ -1,5 +1,5 @@
 """``python -m pgflow_worker`` runs the ``pgflow`` command line."""
 
-from ._cli import main
+from ._tools.cli import main
 
 main()

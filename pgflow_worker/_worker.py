@@ -27,7 +27,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from pgflow_client._dsn import describe_dsn, redact
+from pgflow_client.dsn import describe_dsn, redact
 
 from ._context import FlowInputCache, StepContext
 from ._flow import Flow, StepDefinition

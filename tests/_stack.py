@@ -24,13 +24,11 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgflow_worker._database import (
+from pgflow_worker._database import ensure_pgmq, migrate, realtime_compat_sql
+from pgflow_worker._tools import (
     LocalPostgres,
     bindir_for_pgmq_extension,
-    ensure_pgmq,
-    migrate,
     pgmq_extension_possible,
-    realtime_compat_sql,
     sharedir_of,
 )
 

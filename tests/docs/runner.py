@@ -48,7 +48,7 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
 
 def _psql() -> Path | None:
     """The psql next to the PostgreSQL server binaries, if there is one."""
-    from pgflow_worker._database import find_bindir
+    from pgflow_worker._tools import find_bindir
     from pgflow_worker.errors import PostgresNotFound
 
     try:

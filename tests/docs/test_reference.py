@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 import pgflow_client
 import pgflow_worker
-from pgflow_worker._cli import app
+from pgflow_worker._tools.cli import app
 from tests.docs.snippets import DOCS
 
 Conn = psycopg.Connection[Any]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pgflow_worker._database import cluster as cluster_module
-from pgflow_worker._database import embedded as embedded_module
-from pgflow_worker._database import find_bindir
+from pgflow_worker._tools import cluster as cluster_module
+from pgflow_worker._tools import embedded as embedded_module
+from pgflow_worker._tools import find_bindir
 from pgflow_worker.errors import PostgresNotFound
 from tests.docs.snippets import ROOT
 

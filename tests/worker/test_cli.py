@@ -19,7 +19,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from pgflow_worker import compile_flow
-from pgflow_worker._cli import app
+from pgflow_worker._tools.cli import app
 from tests.worker.markupflows import marks
 
 ROOT = Path(__file__).resolve().parents[2]

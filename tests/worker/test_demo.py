@@ -24,11 +24,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from pgflow_worker._cli import app
-from pgflow_worker._database import EmbeddedPostgres, find_bindir, migrate, pgserver_bindir
-from pgflow_worker._database import cluster as cluster_module
-from pgflow_worker._database.embedded import server_processes
-from pgflow_worker._demo import DemoOptions, _Interrupted, _Signals, run_demo
+from pgflow_worker._database import migrate
+from pgflow_worker._tools import EmbeddedPostgres, find_bindir, pgserver_bindir
+from pgflow_worker._tools import cluster as cluster_module
+from pgflow_worker._tools.cli import app
+from pgflow_worker._tools.demo import DemoOptions, _Interrupted, _Signals, run_demo
+from pgflow_worker._tools.embedded import server_processes
 from pgflow_worker.errors import PostgresNotFound
 
 ROOT = Path(__file__).resolve().parents[2]

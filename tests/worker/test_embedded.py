@@ -17,9 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgflow_worker._database import EmbeddedPostgres, find_bindir, migrate, pgserver_bindir
-from pgflow_worker._database import cluster as cluster_module
-from pgflow_worker._database.embedded import default_directory, server_processes
+from pgflow_worker._database import migrate
+from pgflow_worker._tools import EmbeddedPostgres, find_bindir, pgserver_bindir
+from pgflow_worker._tools import cluster as cluster_module
+from pgflow_worker._tools.embedded import default_directory, server_processes
 from pgflow_worker.errors import PostgresNotFound, PostgresStartError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +161,7 @@ def test_a_symlinked_folder_is_refused(folder: Path) -> None:
 
 _OWNER = """
 import sys, time
-from pgflow_worker._database import EmbeddedPostgres
+from pgflow_worker._tools import EmbeddedPostgres
 server = EmbeddedPostgres(sys.argv[1]).start()
 print(server.dsn(), flush=True)
 time.sleep(120)
@@ -279,7 +280,7 @@ def test_pgserver_binaries_run_pgflow(tmp_path: Path) -> None:
 _CHOOSE = r"""
 import json, sys
 from pathlib import Path
-from pgflow_worker._database import choose_bindir, pgmq_extension_possible
+from pgflow_worker._tools import choose_bindir, pgmq_extension_possible
 
 work = Path(sys.argv[1])
 
@@ -335,7 +336,7 @@ for name in ("PGFLOW_PG_BINDIR", "DATABASE_URL"):
     os.environ.pop(name, None)
 
 import psycopg
-from pgflow_worker._database import cluster
+from pgflow_worker._tools import cluster
 cluster.SYSTEM_PG_ROOT = debian
 
 from tests._stack import Stack, TemplateUnavailable

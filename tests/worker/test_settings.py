@@ -7,7 +7,7 @@ import dataclasses
 import typer
 
 from pgflow_worker import WorkerSettings
-from pgflow_worker._cli import app
+from pgflow_worker._tools.cli import app
 
 #: createFlowWorker's defaults and the heartbeat throttle of pgflow's Edge Worker.
 PGFLOW_DEFAULTS = {

@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from .._database.pgmq import install_extension_files
 from ..errors import PostgresNotFound, PostgresStartError
-from .pgmq import install_extension_files
 
 __all__ = [
     "FAST_SETTINGS",

@@ -32,20 +32,21 @@ from rich.table import Table
 from rich.text import Text
 
 from pgflow_client import FlowRun, PgflowClient, PgflowClientError, StatusUnreachable
-from pgflow_client._dsn import describe_dsn, redact
+from pgflow_client.dsn import describe_dsn, redact
 
-from ._context import StepContext
-from ._database import EmbeddedPostgres, migrate
-from ._demo_flows import CRAWL_SITE, GREET_USER, crawl_site_flow, greet_user_flow
-from ._flow import Flow
-from ._worker import FlowWorker
-from .errors import (
+from .._context import StepContext
+from .._database import migrate
+from .._flow import Flow
+from .._worker import FlowWorker
+from ..errors import (
     DatabaseSetupError,
     FlowShapeMismatch,
     PgflowError,
     PostgresNotFound,
     PostgresStartError,
 )
+from .demo_flows import CRAWL_SITE, GREET_USER, crawl_site_flow, greet_user_flow
+from .embedded import EmbeddedPostgres
 
 __all__ = ["DemoOptions", "run_demo"]
 

@@ -22,13 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from pgflow_client._dsn import describe_dsn, redact, resolve_dsn
+from pgflow_client.dsn import describe_dsn, redact, resolve_dsn
 
-from ._compiler import compile_flow, migration_filename, render_migration
-from ._database import migrate as run_migrations
-from ._flow import Flow
-from ._settings import WorkerSettings
-from .errors import PgflowError
+from .._compiler import compile_flow, migration_filename, render_migration
+from .._database import migrate as run_migrations
+from .._flow import Flow
+from .._settings import WorkerSettings
+from ..errors import PgflowError
 
 __all__ = ["app", "load_flow", "main"]
 
@@ -199,7 +199,7 @@ def worker(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run a worker for one flow until SIGTERM or SIGINT (then drain and stop)."""
-    from ._worker import run_worker
+    from .._worker import run_worker
 
     flow = _load(target)
     dsn = _dsn(db)
@@ -447,7 +447,7 @@ def demo(
     otherwise a PostgreSQL server of its own, kept in a cache folder (PGFLOW_DEMO_DIR) and
     reused next time.
     """
-    from ._demo import DemoOptions, run_demo
+    from .demo import DemoOptions, run_demo
 
     options = DemoOptions(runs=runs, live=live, reset=reset, db=db, timeout=timeout)
     raise typer.Exit(run_demo(options, console=console, errors=errors))

@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from ._context import StepContext
-from ._flow import Flow
+from .._context import StepContext
+from .._flow import Flow
 
 __all__ = [
     "CRAWL_SITE",

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
 import uuid
@@ -31,12 +30,17 @@ from pgflow_worker._tools import (
     pgmq_extension_possible,
     sharedir_of,
 )
+from tests._cache import safe_extract, user_cache
 
 OFFICIAL_VERSION = "0.8.1"
 
 
 class TemplateUnavailable(Exception):
     """A template database cannot be built here; tests needing it skip with this reason."""
+
+
+class TemplateBuildFailed(RuntimeError):
+    """A template database could not be built for a reason that is a fault, not an absence."""
 
 
 class Stack:
@@ -52,7 +56,7 @@ class Stack:
             self.admin_url = self._server.dsn("postgres")
         self._suffix = uuid.uuid4().hex[:8]
         self._templates: dict[str, str] = {}
-        self._failures: dict[str, str] = {}
+        self._failures: dict[str, BaseException] = {}
         self._lock = threading.Lock()
         self._created: list[str] = []
 
@@ -92,11 +96,14 @@ class Stack:
         with self._lock:
             if kind in self._templates:
                 return self._templates[kind]
-            if kind in self._failures:
-                raise TemplateUnavailable(self._failures[kind])
+            if (failure := self._failures.get(kind)) is not None:
+                if isinstance(failure, TemplateUnavailable):
+                    raise TemplateUnavailable(str(failure))
+                raise TemplateBuildFailed(
+                    f"building the {kind!r} template failed earlier: {failure!r}"
+                ) from failure
             name = f"pgflow_tpl_{kind}_{self._suffix}"
             self._admin(f'create database "{name}"'.encode())
-            self._created.append(name)
             try:
                 if kind == "ours":
                     migrate(self.url(name))
@@ -104,9 +111,14 @@ class Stack:
                     _install_official(self.url(name))
                 else:
                     raise ValueError(kind)
-            except TemplateUnavailable as exc:
-                self._failures[kind] = str(exc)
+            except BaseException as exc:
+                # Leave nothing behind, and answer every later test with the same cause rather
+                # than a retry that trips over the half-built database.
+                with contextlib.suppress(psycopg.Error):
+                    self.drop(name)
+                self._failures[kind] = exc
                 raise
+            self._created.append(name)
             self._templates[kind] = name
             return name
 
@@ -136,14 +148,13 @@ class Stack:
 
 def _npm_package(name: str, version: str) -> Path:
     """Unpack an npm package into a scratch cache folder (never into the repository)."""
-    cache = Path(tempfile.gettempdir()) / "pgflow-py-npm-cache"
+    cache = user_cache("npm-cache")
     target = cache / f"{name.replace('/', '__').lstrip('@')}-{version}"
     if (target / "package" / "package.json").is_file():
         return target / "package"
     npm = shutil.which("npm")
     if npm is None:
         raise TemplateUnavailable(f"npm is not installed, so {name}@{version} cannot be fetched")
-    cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=cache))
     result = subprocess.run(
         [npm, "pack", f"{name}@{version}", "--silent"],
@@ -158,8 +169,7 @@ def _npm_package(name: str, version: str) -> Path:
         raise TemplateUnavailable(
             f"npm pack {name}@{version} failed: {(result.stderr or result.stdout).strip()[-300:]}"
         )
-    with tarfile.open(tarballs[0]) as tar:
-        tar.extractall(work, filter="data")
+    safe_extract(tarballs[0], work)
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True, exist_ok=True)
     (work / "package").rename(target / "package")

@@ -88,14 +88,21 @@ def load_flow(target: str) -> Flow:
             module = importlib.import_module(module_name)
     except (ImportError, OSError) as exc:
         raise PgflowError(f"cannot import {module_name!r}: {exc}") from exc
+    held = {name: value for name, value in vars(module).items() if isinstance(value, Flow)}
     if attribute:
-        flow = getattr(module, attribute, None)
+        if not hasattr(module, attribute):
+            choices = ", ".join(f"{module_name}:{name}" for name in sorted(held)) or "none"
+            raise PgflowError(
+                f"module {module_name!r} has no attribute {attribute!r}; "
+                f"the flows it holds: {choices}"
+            )
+        flow = getattr(module, attribute)
         if not isinstance(flow, Flow):
             raise PgflowError(
                 f"{module_name}:{attribute} is not a Flow (got {type(flow).__name__})"
             )
         return flow
-    flows = [value for value in vars(module).values() if isinstance(value, Flow)]
+    flows = list(held.values())
     if len(flows) != 1:
         names = ", ".join(sorted(f.slug for f in flows)) or "none"
         raise PgflowError(
@@ -304,6 +311,21 @@ def _run_dict(run: Any) -> dict[str, Any]:
     }
 
 
+_LIVE_WORKER_SECONDS = 30
+
+
+async def _live_workers(dsn: str, queue_name: str) -> int:
+    """How many workers of ``queue_name`` sent a heartbeat lately (``pgflow.workers``)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select count(*) from pgflow.workers where queue_name = %s"
+            " and last_heartbeat_at > now() - make_interval(secs => %s)",
+            (queue_name, _LIVE_WORKER_SECONDS),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
 @app.command()
 def start(
     slug: Annotated[str, typer.Argument(help="The flow to start.")],
@@ -340,6 +362,15 @@ def start(
                 return 0
             if not as_json:
                 errors.print(f"run {run.run_id} started; waiting…", highlight=False)
+            if not await _live_workers(dsn, slug):
+                errors.print(
+                    f"no live worker polls flow {slug!r}: no worker of its queue has sent a "
+                    f"heartbeat in the last {_LIVE_WORKER_SECONDS} s (see pgflow.workers). Start "
+                    f"one with 'pgflow worker MODULE:FLOW'; still waiting up to {timeout:g} s…",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             try:
                 await run.wait_for_status("completed", timeout=timeout)
             except StatusUnreachable:
@@ -417,6 +448,8 @@ def watch(
                 async for _ in run.events():
                     live.update(_step_table(run), refresh=True)
                 live.update(_step_table(run), refresh=True)
+            if not console.is_terminal:
+                console.line()  # a live display off a terminal leaves its last line open
             return 0 if run.status.value == "completed" else 1
 
     raise typer.Exit(_run_async(go()))

@@ -28,6 +28,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from tests._cache import user_cache
+
 __all__ = [
     "PACKAGES",
     "NodeError",
@@ -90,8 +92,7 @@ def node_project() -> Path:
     npm = _which("npm")
     pinned = json.dumps(PACKAGES, sort_keys=True)
     digest = hashlib.sha256(pinned.encode()).hexdigest()[:12]
-    cache = Path(tempfile.gettempdir()) / "pgflow-py-npm-cache"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = user_cache("npm-cache")
     project = cache / f"interop-{digest}"
     with _locked(cache / f"interop-{digest}.lock"):
         marker = project / _MARKER

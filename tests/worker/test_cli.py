@@ -54,8 +54,13 @@ def test_bad_targets_and_missing_database_are_explained(monkeypatch: pytest.Monk
     result = runner.invoke(app, ["compile", "tests.worker.nowhere:flow"])
     assert result.exit_code == 2
     assert "cannot import 'tests.worker.nowhere'" in result.output
-    result = runner.invoke(app, ["compile", "tests.worker.cliflows:missing"])
-    assert "is not a Flow" in result.output
+    result = runner.invoke(app, ["compile", "tests.worker.cliflows:hllo"])
+    assert result.exit_code == 2
+    assert "module 'tests.worker.cliflows' has no attribute 'hllo'" in result.output
+    assert "the flows it holds: tests.worker.cliflows:hello" in result.output
+    result = runner.invoke(app, ["compile", "tests.worker.cliflows:Any"])
+    assert result.exit_code == 2
+    assert "tests.worker.cliflows:Any is not a Flow" in result.output
     monkeypatch.delenv("DATABASE_URL", raising=False)
     result = runner.invoke(app, ["start", "cli_hello"])
     assert result.exit_code == 2
@@ -224,3 +229,42 @@ def test_bad_json_input_is_refused() -> None:
     result = runner.invoke(app, ["start", "x", "--db", "postgresql://u@h/d", "--input", "{oops"])
     assert result.exit_code == 2
     assert "--input is not valid JSON" in result.output
+
+
+def test_start_wait_says_early_when_no_worker_polls_the_flow(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in compile_flow(marks):
+            conn.execute(statement.encode())
+        # A worker of another flow, and one of this flow that went quiet long ago.
+        conn.execute(
+            "insert into pgflow.workers (worker_id, queue_name, function_name, last_heartbeat_at)"
+            " values (gen_random_uuid(), 'other_flow', 'w', now()),"
+            " (gen_random_uuid(), 'cli_marks', 'w', now() - interval '10 minutes')"
+        )
+    waiting = ["--input", '{"tags": [true]}', "--wait", "--timeout", "1"]
+    result = runner.invoke(app, ["start", "cli_marks", "--db", db_url, *waiting])
+    assert result.exit_code == 3, result.output
+    assert "no live worker polls flow 'cli_marks'" in result.stderr
+    assert "still waiting up to 1 s" in result.stderr
+    assert "did not finish within 1 s" in result.stderr
+    # The hint comes before the wait, not after it.
+    assert result.stderr.index("no live worker") < result.stderr.index("did not finish")
+
+
+def test_start_wait_with_a_live_worker_gives_no_hint(db_url: str) -> None:
+    with worker_process(db_url, "tests.worker.markupflows:marks"):
+        done = _start_when_ready(db_url, "cli_marks", ["--input", '{"tags": [true]}', "--wait"])
+    assert done.exit_code == 0, done.output
+    assert "no live worker" not in done.stderr
+
+
+def test_watch_ends_its_output_with_a_newline(db_url: str) -> None:
+    with worker_process(db_url, "tests.worker.markupflows:marks"):
+        started = _start_when_ready(db_url, "cli_marks", ["--input", '{"tags": [true]}'])
+        assert started.exit_code == 0, started.output
+        run_id = started.stdout.strip()
+        watched = runner.invoke(app, ["watch", run_id, "--db", db_url])
+    assert watched.exit_code == 0, watched.output
+    assert "completed" in watched.stdout
+    assert watched.stdout.endswith("\n")
+    assert not watched.stdout.endswith("\n\n")

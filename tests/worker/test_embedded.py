@@ -314,6 +314,12 @@ import json, os, shutil, sys
 from pathlib import Path
 
 work, site = Path(sys.argv[1]), Path(sys.argv[2])
+# The official SQL as this user's own cache holds it once fetched (npm is not on its PATH).
+if len(sys.argv) > 3:
+    os.environ["TMPDIR"] = str(work)
+    from tests._cache import user_cache
+    fetched = Path(sys.argv[3])
+    shutil.copytree(fetched, user_cache("npm-cache") / fetched.parent.name / "package")
 # The pgserver package as this user's own install (as in its own virtualenv): writable. Its
 # binaries find their libraries in the pgserver.libs folder beside the package.
 package = work / "site" / "pgserver"
@@ -463,12 +469,23 @@ def test_a_non_root_test_stack_falls_back_to_pgserver_for_pgmq() -> None:
     bindir = _require_pgserver()
     from tests._stack import TemplateUnavailable, official_migrations
 
+    handed = scratch_folder("pgflow-official-")
     try:
-        official_migrations()  # fetched (or found) now, read from the cache by the user
+        # Fetched by this process, handed to the user as its own cache would hold it.
+        package = official_migrations()[0].parents[3]
+        copy = handed / package.parent.name / "package"
+        shutil.copytree(package, copy)
+        for folder, _, _ in os.walk(handed):
+            Path(folder).chmod(0o755)
         official: str | None = None
+        extra = [str(copy)]
     except TemplateUnavailable as exc:
         official = f"unavailable: {exc}"
-    got = _run_as_non_root(_STACK, str(bindir.parents[2]))
+        extra = []
+    try:
+        got = _run_as_non_root(_STACK, str(bindir.parents[2]), *extra)
+    finally:
+        shutil.rmtree(handed, ignore_errors=True)
     assert got["uid"] != 0
     assert str(got["bindir"]).endswith("/site/pgserver/pginstall/bin"), got
     assert got["missing"] is None

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgflow_worker._database import list_migrations, list_schema_files, migrate, sql_root
+from pgflow_worker._database import list_migrations, list_schema_files, migrate, sql_root, sqlfiles
 from pgflow_worker._database.derive import (
     BASELINE_NAME,
     main,
@@ -115,6 +115,10 @@ def _grant(conn: Conn, role: str) -> None:
     )
 
 
+def _comment(conn: Conn, role: str) -> None:
+    conn.execute("comment on table pgflow.runs is 'one row per run'")
+
+
 def _drop_index(conn: Conn, role: str) -> None:
     conn.execute("drop index pgflow.idx_runs_status")
 
@@ -132,10 +136,11 @@ def _replace_constraint(conn: Conn, role: str) -> None:
         (_change_function_body, "functions: pgflow.is_valid_slug(text) differs"),
         (_change_column_default, "columns: steps.when_unmet (column 13) differs"),
         (_grant, "functions: pgflow.start_flow(text,jsonb,uuid) differs"),
+        (_comment, "relations: runs differs"),
         (_drop_index, "indexes: runs idx_runs_status is missing"),
         (_replace_constraint, "constraints: runs remaining_steps_valid differs"),
     ],
-    ids=["function body", "column default", "grant", "index", "constraint"],
+    ids=["function body", "column default", "grant", "comment", "index", "constraint"],
 )
 def test_the_comparison_notices_drift(
     built: tuple[Catalog, str], stack: Stack, role: str, change: object, reported: str
@@ -159,6 +164,35 @@ def test_the_comparison_notices_drift(
         if re.match(r"^[a-z ]+: .* (differs|is missing|is extra)$", line)
     ]
     assert headers == [reported], diff
+
+
+def test_a_schema_change_without_a_migration_fails(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Editing a schema file and forgetting the migration is exactly what the comparison sees."""
+    root = tmp_path / "sql"
+    shutil.copytree(sql_root(), root)
+    changed = root / "schema" / "0200_function_maybe_complete_run.sql"
+    text = changed.read_text()
+    assert text.count("\nbegin\n") == 1
+    changed.write_text(text.replace("\nbegin\n", "\nbegin\n  null;\n"))
+    from_schema = stack.empty("pgflow_schema")
+    migrated = stack.empty("pgflow_migrated")
+    try:
+        build_from_schema(stack.url(from_schema), root)
+        with monkeypatch.context() as patch:
+            patch.setattr(sqlfiles, "sql_root", lambda: root)
+            migrate(stack.url(migrated))
+        with (
+            psycopg.connect(stack.url(from_schema), autocommit=True) as a,
+            psycopg.connect(stack.url(migrated), autocommit=True) as b,
+        ):
+            diff = catalog_diff(read_catalog(a), read_catalog(b))
+    finally:
+        stack.drop(from_schema)
+        stack.drop(migrated)
+    assert diff.startswith("functions: pgflow.maybe_complete_run(uuid) differs")
+    assert "-  null;" in diff  # in the schema, missing from the migrated database
 
 
 def test_released_migrations_never_change() -> None:

@@ -21,10 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from typer.testing import CliRunner
 
 from pgflow_worker._database import list_migrations, migrate, sql_root, sqlfiles
 from pgflow_worker._database.derive import BASELINE_NAME, write_next
 from pgflow_worker._database.migrate import _PRE_BASELINE
+from pgflow_worker._tools.cli import app
 from pgflow_worker.errors import MigrationError
 from tests._stack import Stack
 from tests.sql.catalog import build_from_schema, catalog_diff, read_catalog
@@ -291,6 +293,10 @@ def test_part_of_the_pre_release_migrations_is_refused(
         assert "drop schema pgflow cascade" in message
         assert versions(conn) == recorded
         assert catalog_diff(catalog, read_catalog(conn)) == ""
+
+    result = CliRunner().invoke(app, ["migrate", "--db", database])
+    assert result.exit_code == 1
+    assert "drop schema pgflow cascade" in " ".join(result.output.split())
 
 
 # -- from one migration to the next ---------------------------------------------------------------

@@ -2,7 +2,13 @@
 
 from .migrate import MigrationReport, migrate
 from .pgmq import ensure_pgmq, install_extension_files, pgmq_sql_path, pgmq_version
-from .sqlfiles import Migration, list_migrations, realtime_compat_sql, sql_root
+from .sqlfiles import (
+    Migration,
+    list_migrations,
+    list_schema_files,
+    realtime_compat_sql,
+    sql_root,
+)
 
 __all__ = [
     "Migration",
@@ -10,6 +16,7 @@ __all__ = [
     "ensure_pgmq",
     "install_extension_files",
     "list_migrations",
+    "list_schema_files",
     "migrate",
     "pgmq_sql_path",
     "pgmq_version",

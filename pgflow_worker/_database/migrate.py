@@ -3,6 +3,11 @@
 Each migration runs in its own transaction and is recorded in ``pgflow.migrations`` with a
 checksum, so running :func:`migrate` again does nothing. A session advisory lock keeps two
 concurrent ``pgflow migrate`` calls from interleaving.
+
+The first migration is the baseline derived from ``sql/schema``. It replaced three earlier,
+never released migrations; a database that applied all three holds exactly the baseline's
+schema and is recorded as holding the baseline, while one that applied only some of them is
+refused with what to do.
 """
 
 from __future__ import annotations
@@ -23,6 +28,23 @@ log = logging.getLogger("pgflow.database")
 
 _LOCK_KEY = 7_151_987_313  # an arbitrary constant shared by every pgflow-py migrate call
 _COMPAT_MARKER = "pgflow-py realtime stand-in"
+
+#: The migrations the baseline replaced, by version: file name and checksum. All three applied
+#: build the very schema the baseline builds (tests/sql/test_upgrade.py compares the catalogs).
+_PRE_BASELINE: dict[str, tuple[str, str]] = {
+    "0001": (
+        "0001_pgflow_core.sql",
+        "98d8546108053d77dd8b31c7cb0478111f5c76fd4519c19bd940cd68b0323918",
+    ),
+    "0002": (
+        "0002_conditions.sql",
+        "1a67ba838f032d5d5b4d815e4dc373a577dbb097debb4d3bf05e6ace95d68173",
+    ),
+    "0003": (
+        "0003_lock_order.sql",
+        "560921c2c05f0f0afa714c7a919cb027852a971ea02b6d31db0d37312eeca9d6",
+    ),
+}
 
 
 @dataclass(slots=True)
@@ -57,7 +79,8 @@ def _ensure_realtime(conn: psycopg.Connection[Any]) -> str:
     return "stand-in"
 
 
-def _ensure_tracking_table(conn: psycopg.Connection[Any]) -> None:
+def ensure_tracking_table(conn: psycopg.Connection[Any]) -> None:
+    """Create ``pgflow.migrations`` unless it exists; refuse a pgflow schema installed otherwise."""
     with conn.transaction():
         has_flows = _scalar(conn, b"select to_regclass('pgflow.flows') is not null")
         has_tracking = _scalar(conn, b"select to_regclass('pgflow.migrations') is not null")
@@ -91,6 +114,44 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
         ) from exc
 
 
+def _adopt_pre_baseline(
+    conn: psycopg.Connection[Any], done: dict[str, str], baseline: Migration
+) -> dict[str, str]:
+    """Record a database built by the three pre-baseline migrations as holding the baseline.
+
+    Returns the applied versions as they are now recorded. Only the complete set is adopted: a
+    database that stopped part way holds a schema no migration shipped now starts from.
+    """
+    found = [v for v, (_, checksum) in _PRE_BASELINE.items() if done.get(v) == checksum]
+    if not found:
+        return done
+    if set(done) != set(_PRE_BASELINE) or len(found) != len(_PRE_BASELINE):
+        applied = ", ".join(_PRE_BASELINE[v][0] for v in found)
+        every = ", ".join(name for name, _ in _PRE_BASELINE.values())
+        raise MigrationError(
+            f"this database applied pre-release migrations ({applied}; versions recorded: "
+            f"{', '.join(sorted(done))}), but not exactly the set {every} that "
+            f"{baseline.path.name} replaces, so no migration shipped now starts from its "
+            "schema. Finish them with the pgflow-py build that applied them (its "
+            "'pgflow migrate'), then run 'pgflow migrate' again; or, if the flows and runs in "
+            "it can go, 'drop schema pgflow cascade' and migrate afresh"
+        )
+    with conn.transaction():
+        conn.execute(b"delete from pgflow.migrations where version <> %s", (baseline.version,))
+        conn.execute(
+            b"update pgflow.migrations set name = %s, checksum = %s where version = %s",
+            (baseline.name, baseline.checksum, baseline.version),
+        )
+    log.info(
+        "this database applied the pre-release migrations %s, which build the same schema as "
+        "%s; it is now recorded as holding %s",
+        ", ".join(name for name, _ in _PRE_BASELINE.values()),
+        baseline.path.name,
+        baseline.path.name,
+    )
+    return {baseline.version: baseline.checksum}
+
+
 def migrate(
     conninfo: str | psycopg.Connection[Any], *, target: str | None = None
 ) -> MigrationReport:
@@ -100,6 +161,7 @@ def migrate(
     """
     report = MigrationReport()
     migrations = list_migrations()
+    baseline = migrations[0]
     if target is not None:
         versions = [m.version for m in migrations]
         if target not in versions:
@@ -115,11 +177,12 @@ def migrate(
         try:
             report.pgmq = ensure_pgmq(conn)
             report.realtime = _ensure_realtime(conn)
-            _ensure_tracking_table(conn)
+            ensure_tracking_table(conn)
             done = {
                 row[0]: row[1]
                 for row in conn.execute(b"select version, checksum from pgflow.migrations")
             }
+            done = _adopt_pre_baseline(conn, done, baseline)
             for migration in migrations:
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:

@@ -1,4 +1,9 @@
-"""Where the SQL shipped with pgflow-py lives, and how its migrations are listed."""
+"""Where the SQL shipped with pgflow-py lives, and how its schema files and migrations are listed.
+
+``sql/schema`` holds the schema as it is now, one file per object, applied in file-name order;
+``sql/migrations`` holds the path there from every release, applied in version order by
+:func:`~pgflow_worker._database.migrate`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-__all__ = ["Migration", "list_migrations", "realtime_compat_sql", "sql_root"]
+__all__ = ["Migration", "list_migrations", "list_schema_files", "realtime_compat_sql", "sql_root"]
 
 _MIGRATION_NAME = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
+_SCHEMA_FILE_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,20 @@ def list_migrations(root: Path | None = None) -> list[Migration]:
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise ValueError(f"two migrations share a version in {folder}")
+    return found
+
+
+def list_schema_files(root: Path | None = None) -> list[Path]:
+    """The schema files in the order they apply (by name); a badly named file is an error."""
+    folder = (root or sql_root()) / "schema"
+    found = sorted(folder.glob("*.sql"))
+    for path in found:
+        if _SCHEMA_FILE_NAME.match(path.name) is None:
+            raise ValueError(
+                f"schema file {path.name!r} is not named like '0200_function_name.sql'"
+            )
+    if not found:
+        raise FileNotFoundError(f"there are no schema files in {folder}")
     return found
 
 

@@ -1,6 +1,7 @@
 """Race scenarios with several real connections: a run failing while other workers hold its
 tasks, orphaned messages, completions racing the archival, many workers on one map, and a run
-or a step ending its tasks while workers claim them (the lock order of migration 0003).
+or a step ending its tasks while workers claim them (the lock order of `_terminate_run_tasks`
+and `_skip_step`).
 
 Every scenario runs on ours and on the official 0.8.1 SQL, unless its docstring says why not.
 

@@ -1,0 +1,12 @@
+-- Flow definitions: one row per flow, with the flow-wide defaults of its steps' options.
+create table pgflow.flows (
+  flow_slug text primary key,
+  opt_max_attempts integer not null default 3,
+  opt_base_delay integer not null default 1,
+  opt_timeout integer not null default 60,
+  created_at timestamptz not null default now(),
+  constraint slug_is_valid check (pgflow.is_valid_slug(flow_slug)),
+  constraint opt_max_attempts_is_nonnegative check (opt_max_attempts >= 0),
+  constraint opt_base_delay_is_nonnegative check (opt_base_delay >= 0),
+  constraint opt_timeout_is_positive check (opt_timeout > 0)
+);

@@ -1,0 +1,44 @@
+-- Step tasks: one row per task of a started step (one for a single step, one per element for
+-- a map), tied to its pgmq message; `attempts_count` counts the attempts started.
+create table pgflow.step_tasks (
+  flow_slug text not null references pgflow.flows (flow_slug),
+  run_id uuid not null references pgflow.runs (run_id),
+  step_slug text not null,
+  message_id bigint,
+  task_index integer not null default 0,
+  status text not null default 'queued',
+  attempts_count integer not null default 0,
+  error_message text,
+  output jsonb,
+  queued_at timestamptz not null default now(),
+  started_at timestamptz,
+  completed_at timestamptz,
+  failed_at timestamptz,
+  last_worker_id uuid references pgflow.workers (worker_id) on delete set null,
+  requeued_count integer not null default 0,
+  last_requeued_at timestamptz,
+  permanently_stalled_at timestamptz,
+  primary key (run_id, step_slug, task_index),
+  foreign key (run_id, step_slug) references pgflow.step_states (run_id, step_slug),
+  constraint valid_status check (
+    status in ('queued', 'started', 'completed', 'failed', 'skipped')),
+  constraint output_valid_only_for_completed_or_failed check (
+    output is null or status in ('completed', 'failed')
+  ),
+  constraint attempts_count_nonnegative check (attempts_count >= 0),
+  constraint task_index_nonnegative check (task_index >= 0),
+  constraint completed_at_or_failed_at check (not (completed_at is not null and failed_at is not null)),
+  constraint completed_at_is_after_queued_at check (completed_at is null or completed_at >= queued_at),
+  constraint failed_at_is_after_queued_at check (failed_at is null or failed_at >= queued_at),
+  constraint started_at_is_after_queued_at check (started_at is null or started_at >= queued_at)
+);
+
+create index idx_step_tasks_message_id on pgflow.step_tasks (flow_slug, message_id);
+-- Keyed like the primary key: planners without statistics happily pick this partial index for
+-- a primary-key lookup that also names the status, and it must stay a single probe then.
+create index idx_step_tasks_active on pgflow.step_tasks (run_id, step_slug, task_index)
+  where status in ('queued', 'started');
+create index idx_step_tasks_started on pgflow.step_tasks (started_at)
+  where status = 'started';
+create index idx_step_tasks_worker on pgflow.step_tasks (last_worker_id)
+  where status = 'started';

@@ -1,0 +1,53 @@
+-- Defines a flow (idempotent: an existing flow is returned unchanged) and creates its pgmq queue.
+create or replace function pgflow.create_flow(
+  flow_slug text,
+  max_attempts integer default null,
+  base_delay integer default null,
+  timeout integer default null
+)
+returns pgflow.flows
+language plpgsql
+set search_path to pg_catalog, pg_temp
+as $fn$
+declare
+  v_flow pgflow.flows;
+begin
+  if not pgflow.is_valid_slug(create_flow.flow_slug) then
+    raise exception using
+      errcode = 'check_violation',
+      message = format('create_flow: %s is not a valid flow slug',
+                       coalesce(quote_literal(create_flow.flow_slug), 'NULL')),
+      hint = 'A slug has 1 to 128 letters, digits or underscores, does not start with a digit, '
+             'and is not "run".';
+  end if;
+  if length(create_flow.flow_slug) > 47 then
+    raise exception using
+      errcode = 'check_violation',
+      message = format('create_flow: flow slug %L is %s characters long; its pgmq queue name '
+                       'is limited to 47', create_flow.flow_slug, length(create_flow.flow_slug));
+  end if;
+  if create_flow.max_attempts < 0 or create_flow.base_delay < 0 or create_flow.timeout <= 0 then
+    raise exception using
+      errcode = 'check_violation',
+      message = format('create_flow: flow %L needs max_attempts >= 0, base_delay >= 0 and '
+                       'timeout > 0 (got %s, %s, %s)', create_flow.flow_slug,
+                       create_flow.max_attempts, create_flow.base_delay, create_flow.timeout);
+  end if;
+
+  perform pg_advisory_xact_lock(hashtext('pgflow:flow:' || create_flow.flow_slug));
+
+  insert into pgflow.flows as f (flow_slug, opt_max_attempts, opt_base_delay, opt_timeout)
+  values (create_flow.flow_slug,
+          coalesce(create_flow.max_attempts, 3),
+          coalesce(create_flow.base_delay, 5),
+          coalesce(create_flow.timeout, 60))
+  on conflict on constraint flows_pkey do nothing;
+
+  if not exists (select 1 from pgmq.meta as m where m.queue_name = create_flow.flow_slug) then
+    perform pgmq.create(create_flow.flow_slug);
+  end if;
+
+  select * into v_flow from pgflow.flows as f where f.flow_slug = create_flow.flow_slug;
+  return v_flow;
+end;
+$fn$;

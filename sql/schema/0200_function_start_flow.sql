@@ -1,0 +1,92 @@
+-- Starts a run of a flow with its input: one state per step; the steps without dependencies
+-- start at once, or are skipped when their condition is unmet.
+create or replace function pgflow.start_flow(flow_slug text, input jsonb, run_id uuid default null)
+returns setof pgflow.runs
+language plpgsql
+set search_path to pg_catalog, pg_temp
+as $fn$
+declare
+  v_step_count integer;
+  v_root_maps integer;
+  v_input_length integer;
+  v_run pgflow.runs;
+begin
+  perform 1 from pgflow.flows as f where f.flow_slug = start_flow.flow_slug;
+  if not found then
+    raise exception using
+      errcode = 'foreign_key_violation',
+      message = format('start_flow: flow %s does not exist',
+                       coalesce(quote_literal(start_flow.flow_slug), 'NULL'));
+  end if;
+
+  select count(*), count(*) filter (where s.step_type = 'map' and s.deps_count = 0)
+    into v_step_count, v_root_maps
+    from pgflow.steps as s
+   where s.flow_slug = start_flow.flow_slug;
+
+  if v_root_maps > 0 and start_flow.input is null then
+    raise exception using
+      errcode = 'raise_exception',
+      message = format('Flow %s has root map steps but input is NULL', start_flow.flow_slug);
+  end if;
+  if v_root_maps > 0 and jsonb_typeof(start_flow.input) <> 'array' then
+    raise exception using
+      errcode = 'raise_exception',
+      message = format('Flow %s has root map steps but input is not an array (got %s)',
+                       start_flow.flow_slug, jsonb_typeof(start_flow.input));
+  end if;
+  if start_flow.input is null then
+    raise exception using
+      errcode = 'not_null_violation',
+      message = format('start_flow: the input for flow %L is NULL; pass a JSON value '
+                       '(''{}'' or ''null''::jsonb for none)', start_flow.flow_slug);
+  end if;
+  if start_flow.run_id is not null and exists (
+       select 1 from pgflow.runs as r where r.run_id = start_flow.run_id) then
+    raise exception using
+      errcode = 'unique_violation',
+      message = format('start_flow: a run with id %s already exists', start_flow.run_id);
+  end if;
+
+  -- Computed apart: inside the insert's CASE the planner would fold it for any input.
+  if jsonb_typeof(start_flow.input) = 'array' then
+    v_input_length := jsonb_array_length(start_flow.input);
+  end if;
+
+  insert into pgflow.runs (run_id, flow_slug, input, remaining_steps)
+  values (coalesce(start_flow.run_id, gen_random_uuid()), start_flow.flow_slug,
+          start_flow.input, v_step_count)
+  returning * into v_run;
+
+  insert into pgflow.step_states (flow_slug, run_id, step_slug, remaining_deps, initial_tasks)
+  select s.flow_slug, v_run.run_id, s.step_slug, s.deps_count,
+         case
+           when s.step_type = 'map' and s.deps_count = 0 then v_input_length
+           when s.step_type = 'map' then null
+           else 1
+         end
+    from pgflow.steps as s
+   where s.flow_slug = start_flow.flow_slug;
+
+  perform realtime.send(
+    jsonb_build_object(
+      'event_type', 'run:started',
+      'run_id', v_run.run_id,
+      'flow_slug', v_run.flow_slug,
+      'input', v_run.input,
+      'status', 'started',
+      'remaining_steps', v_run.remaining_steps,
+      'started_at', v_run.started_at),
+    'run:started',
+    'pgflow:run:' || v_run.run_id,
+    false);
+
+  if pgflow.cascade_resolve_conditions(v_run.run_id) then
+    perform pgflow.cascade_complete_taskless_steps(v_run.run_id);
+    perform pgflow.start_ready_steps(v_run.run_id);
+    perform pgflow.maybe_complete_run(v_run.run_id);
+  end if;
+
+  return query select * from pgflow.runs as r where r.run_id = v_run.run_id;
+end;
+$fn$;

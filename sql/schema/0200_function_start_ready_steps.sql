@@ -1,0 +1,68 @@
+-- Starts every created step whose dependencies are done and whose task count is known and
+-- positive: one queue message per task, sent with the step's start delay.
+create or replace function pgflow.start_ready_steps(run_id uuid)
+returns void
+language plpgsql
+set search_path to pg_catalog, pg_temp
+as $fn$
+declare
+  v_flow_slug text;
+  v_step record;
+begin
+  select r.flow_slug into v_flow_slug
+    from pgflow.runs as r
+   where r.run_id = start_ready_steps.run_id and r.status = 'started';
+  if not found then
+    return;
+  end if;
+
+  for v_step in
+    select ss.step_slug, ss.initial_tasks, st.opt_start_delay
+      from pgflow.step_states as ss
+      join pgflow.steps as st
+        on st.flow_slug = ss.flow_slug and st.step_slug = ss.step_slug
+     where ss.run_id = start_ready_steps.run_id
+       and ss.status = 'created'
+       and ss.remaining_deps = 0
+       and ss.initial_tasks > 0
+     order by st.step_index
+  loop
+    update pgflow.step_states as ss
+       set status = 'started',
+           started_at = now(),
+           remaining_tasks = ss.initial_tasks
+     where ss.run_id = start_ready_steps.run_id
+       and ss.step_slug = v_step.step_slug;
+
+    perform realtime.send(
+      jsonb_build_object(
+        'event_type', 'step:started',
+        'run_id', start_ready_steps.run_id,
+        'step_slug', v_step.step_slug,
+        'status', 'started',
+        'started_at', now(),
+        'remaining_tasks', v_step.initial_tasks,
+        'remaining_deps', 0),
+      'step:' || v_step.step_slug || ':started',
+      'pgflow:run:' || start_ready_steps.run_id,
+      false);
+
+    -- Message ids come from one sequence in insertion order, so the k-th smallest id
+    -- belongs to task k.
+    insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id)
+    select v_flow_slug, start_ready_steps.run_id, v_step.step_slug,
+           (row_number() over (order by sent.msg_id) - 1)::integer, sent.msg_id
+      from pgmq.send_batch(
+             v_flow_slug,
+             array(
+               select jsonb_build_object(
+                        'flow_slug', v_flow_slug,
+                        'run_id', start_ready_steps.run_id,
+                        'step_slug', v_step.step_slug,
+                        'task_index', i)
+                 from generate_series(0, v_step.initial_tasks - 1) as i
+                order by i),
+             coalesce(v_step.opt_start_delay, 0)) as sent (msg_id);
+  end loop;
+end;
+$fn$;

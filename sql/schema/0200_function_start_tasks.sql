@@ -1,0 +1,127 @@
+-- Phase two of polling: claims the queued tasks behind the messages a worker has read and
+-- returns what their handlers need. A message whose task is still `started` after its timeout
+-- (+2 s) means the lease expired (the worker vanished or the handler hung): that attempt is
+-- failed through fail_task, which retries it with backoff or fails the step.
+create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
+returns setof pgflow.step_task_record
+language plpgsql
+set search_path to pg_catalog, pg_temp
+as $fn$
+declare
+  v_msg_id bigint;
+  v_task pgflow.step_tasks;
+  v_tasks pgflow.step_tasks[] := '{}';
+  v_step pgflow.steps;
+  v_timeout integer;
+  v_source_of text;
+  v_source jsonb;
+  v_flow_input jsonb;
+  v_record pgflow.step_task_record;
+  v_claimed_ids bigint[] := '{}';
+  v_offsets integer[] := '{}';
+begin
+  -- One index probe per message id. (A set-based lookup is at the planner's mercy: on tables
+  -- without fresh statistics it can scan every task of a big map on each call.)
+  foreach v_msg_id in array array(
+    select distinct m.id from unnest(start_tasks.msg_ids) as m (id) where m.id is not null
+     order by m.id)
+  loop
+    select * into v_task
+      from pgflow.step_tasks as t
+     where t.flow_slug = start_tasks.flow_slug and t.message_id = v_msg_id;
+    if found then
+      v_tasks := v_tasks || v_task;
+    end if;
+  end loop;
+
+  -- Expired leases first, so a run failed by one of them has no task handed out below.
+  foreach v_task in array v_tasks loop
+    continue when v_task.status <> 'started';
+    select coalesce(s.opt_timeout, f.opt_timeout) into v_timeout
+      from pgflow.steps as s
+      join pgflow.flows as f on f.flow_slug = s.flow_slug
+     where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+    continue when v_task.started_at > clock_timestamp() - make_interval(secs => v_timeout + 2)
+      or not exists (select 1 from pgflow.runs as r
+                      where r.run_id = v_task.run_id and r.status = 'started');
+    begin
+      perform pgflow.fail_task(
+        v_task.run_id, v_task.step_slug, v_task.task_index,
+        format('Task lease expired: no result within %s s of its start (the worker stopped '
+               'or the handler hung)', v_timeout + 2));
+    exception when object_not_in_prerequisite_state then
+      null;  -- finished meanwhile by its worker
+    end;
+  end loop;
+
+  -- Claim the queued ones (a failed attempt above is queued again but waits for its backoff).
+  foreach v_task in array v_tasks loop
+    continue when v_task.status <> 'queued';
+    update pgflow.step_tasks as t
+       set status = 'started',
+           started_at = now(),
+           attempts_count = t.attempts_count + 1,
+           last_worker_id = start_tasks.worker_id
+     where t.run_id = v_task.run_id
+       and t.step_slug = v_task.step_slug
+       and t.task_index = v_task.task_index
+       and t.status = 'queued'
+       and exists (select 1 from pgflow.runs as r
+                    where r.run_id = t.run_id and r.status = 'started')
+       and exists (select 1 from pgflow.step_states as ss
+                    where ss.run_id = t.run_id and ss.step_slug = t.step_slug
+                      and ss.status = 'started')
+    returning * into v_task;
+    continue when not found;
+
+    -- What the step's tasks read, loaded once per run and step of this batch.
+    if v_source_of is distinct from v_task.run_id::text || '/' || v_task.step_slug then
+      v_source_of := v_task.run_id::text || '/' || v_task.step_slug;
+      v_flow_input := null;
+      select * into v_step
+        from pgflow.steps as s
+       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+      select coalesce(v_step.opt_timeout, f.opt_timeout) into v_timeout
+        from pgflow.flows as f where f.flow_slug = v_task.flow_slug;
+      if v_step.step_type = 'single' then
+        select coalesce(jsonb_object_agg(d.dep_slug, ps.output), '{}'::jsonb) into v_source
+          from pgflow.deps as d
+          join pgflow.step_states as ps on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
+         where d.flow_slug = v_task.flow_slug
+           and d.step_slug = v_task.step_slug
+           and ps.status = 'completed';
+        if v_step.deps_count = 0 then
+          select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
+        end if;
+      else
+        if v_step.deps_count = 0 then
+          select r.input into v_source from pgflow.runs as r where r.run_id = v_task.run_id;
+        else
+          select ps.output into v_source
+            from pgflow.deps as d
+            join pgflow.step_states as ps
+              on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
+           where d.flow_slug = v_task.flow_slug and d.step_slug = v_task.step_slug;
+        end if;
+        -- A big array is stored compressed and each `->` below would decompress all of it
+        -- again; appending nothing gives the same array, decompressed once for this call.
+        v_source := v_source || '[]'::jsonb;
+      end if;
+    end if;
+
+    v_claimed_ids := v_claimed_ids || v_task.message_id;
+    v_offsets := v_offsets || (v_timeout + 2);
+    v_record := row(
+      v_task.flow_slug,
+      v_task.run_id,
+      v_task.step_slug,
+      case when v_step.step_type = 'map' then v_source -> v_task.task_index else v_source end,
+      v_task.message_id,
+      v_task.task_index,
+      v_flow_input)::pgflow.step_task_record;
+    return next v_record;
+  end loop;
+
+  perform pgflow.set_vt_batch(start_tasks.flow_slug, v_claimed_ids, v_offsets);
+end;
+$fn$;

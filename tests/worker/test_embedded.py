@@ -126,8 +126,9 @@ def test_reset_wipes_the_cluster(folder: Path) -> None:
 
 def test_a_cluster_of_another_major_version_asks_for_a_reset(folder: Path) -> None:
     (folder / "data" / "PG_VERSION").write_text("9\n")
-    with pytest.raises(PostgresStartError, match=r"PostgreSQL 9\b.*'pgflow demo --reset'"):
+    with pytest.raises(PostgresStartError, match=r"created by PostgreSQL 9, but") as caught:
         EmbeddedPostgres(folder).start()
+    assert caught.value.cluster_at_fault
     assert leftovers(folder) == []
 
 
@@ -204,18 +205,19 @@ def test_what_a_killed_owner_left_does_not_block_the_next_start(
 
 def test_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PGFLOW_DEMO_DIR", str(tmp_path / "mine"))
-    assert default_directory() == tmp_path / "mine"
+    assert default_directory(16) == tmp_path / "mine"
     monkeypatch.delenv("PGFLOW_DEMO_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/pgflow-cache-probe")
-    assert default_directory() == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg")
+    assert default_directory(16) == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg16")
+    assert default_directory(15) == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg15")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_CACHE_HOME", str(private / "cache"))
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    # As root the server runs as 'postgres', which cannot enter a private folder.
-    assert default_directory() == Path("/var/tmp/pgflow-py-demo-0")
+    # As root the server runs as another OS user, which cannot enter a private folder.
+    assert default_directory(16) == Path("/var/lib/pgflow-py/demo-pg16")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert default_directory() == private / "cache" / "pgflow-py" / "demo-pg"
+    assert default_directory(16) == private / "cache" / "pgflow-py" / "demo-pg16"
 
 
 def _no_system_binaries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import Self
 
 from .._database.pgmq import install_extension_files
 from ..errors import PostgresNotFound, PostgresStartError
-from .folders import reachable_binaries, reachable_by_others, server_user
+from .folders import create_folder, reachable_binaries, reachable_by_others, server_user
 
 __all__ = [
     "FAST_SETTINGS",
@@ -214,7 +214,7 @@ class LocalPostgres:
         """Create the data folder if needed, install pgmq's extension files, start the server."""
         if self._started:
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
+        create_folder(self.directory)
         self._hand_over(self.directory)
         existing = (self.data_dir / "PG_VERSION").is_file()
         if not existing:

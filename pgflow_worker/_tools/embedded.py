@@ -28,7 +28,7 @@ from typing import Literal, Self
 
 from ..errors import PostgresStartError, ServerFolderInUse
 from .cluster import FAST_SETTINGS, LocalPostgres, find_bindir
-from .folders import SERVER_USERS, cache_home, make_own_folder
+from .folders import SERVER_USERS, cache_home, create_folder, make_own_folder
 
 __all__ = [
     "EmbeddedPostgres",
@@ -363,7 +363,7 @@ class EmbeddedPostgres:
                     f"{self.directory} holds files that are not a server's ({listing}); "
                     "PGFLOW_DEMO_DIR must name a folder of its own, empty or made by pgflow demo"
                 )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        create_folder(self.directory)
 
     def _clear_leftovers(self, server: _CachedServer, *, quiet: bool = False) -> None:
         """Stop a server left running, let orphans of a killed one exit, drop stale files."""

@@ -24,6 +24,7 @@ from ..errors import PostgresStartError
 __all__ = [
     "ROOT_BASE",
     "cache_home",
+    "create_folder",
     "data_home",
     "reachable_binaries",
     "reachable_by_others",
@@ -90,10 +91,20 @@ def data_home() -> Path:
     return _home_for(_xdg("XDG_DATA_HOME", ".local/share"))
 
 
+def create_folder(folder: Path) -> None:
+    """``mkdir -p``, with a failure told as what it is (a home that cannot be written, say)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PostgresStartError(
+            f"cannot create {folder}: {exc.strerror or exc}; choose a folder you can write"
+        ) from exc
+
+
 def make_own_folder(folder: Path) -> Path:
     """Create ``folder`` (and its parents) readable by all, refusing one that someone else
     could have prepared: a symbolic link, another user's, or writable by others."""
-    folder.mkdir(parents=True, exist_ok=True)
+    create_folder(folder)
     info = folder.lstat()
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise PostgresStartError(f"{folder} is not a folder (a symbolic link?); remove it")

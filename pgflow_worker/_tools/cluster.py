@@ -277,11 +277,14 @@ class LocalPostgres:
         shutil.chown(path, user=self._run_as, group=None)
         path.chmod(0o755)
         # A cluster made by another account (the 'postgres' user was created since) changes
-        # hands with its folder: PostgreSQL insists on owning its data.
-        if self.data_dir.is_dir() and self.data_dir.stat().st_uid != path.stat().st_uid:
-            uid, gid = path.stat().st_uid, path.stat().st_gid
-            for folder, dirs, files in os.walk(self.data_dir):
-                os.lchown(folder, uid, gid)
+        # hands with its folder: PostgreSQL insists on owning its data, and appends to its log.
+        uid = path.stat().st_uid
+        made = [p for p in (self.data_dir, self.log_file) if p.exists()]
+        if any(p.stat().st_uid != uid for p in made):
+            import pwd
+
+            gid = pwd.getpwnam(self._run_as).pw_gid
+            for folder, dirs, files in os.walk(path):
                 for name in [*dirs, *files]:
                     os.lchown(os.path.join(folder, name), uid, gid)
 

@@ -66,12 +66,15 @@ class Container:
     def checkout(self) -> Path:
         return self.home / "app"
 
-    def run(self, *command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` as root in a fresh namespace set up as the container."""
+    def run(
+        self, *command: str, timeout: float = 300, postgres_user: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as root in a fresh namespace set up as the container (with the
+        machine's ``postgres`` OS user when ``postgres_user``, as if created since)."""
         empty, passwd, var_lib = (self.scratch / n for n in ("empty", "passwd", "var-lib"))
         mounts = [
             *([f"mount --bind {empty} {SYSTEM_PG}"] if SYSTEM_PG.is_dir() else []),
-            f"mount --bind {passwd} /etc/passwd",
+            *([] if postgres_user else [f"mount --bind {passwd} /etc/passwd"]),
             f"mount --bind {var_lib} /var/lib",
             f"mount --bind {sys.prefix} {self.home / 'venv'}",
             f"mount --bind {ROOT} {self.checkout}",
@@ -206,3 +209,28 @@ def test_the_suites_own_server_tests_pass_there(container: Container) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout
+
+
+def test_the_demo_keeps_its_server_once_a_postgres_user_exists(container: Container) -> None:
+    """The cluster made as 'nobody' changes hands when a 'postgres' user appears later."""
+    import pwd
+
+    try:
+        postgres = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        pytest.skip("the machine has no 'postgres' OS user to add to the container")
+    demo = (container.python, "-m", "pgflow_worker", "demo", "--no-live", "--runs", "1")
+    first = container.run(*demo)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert ": created, started in" in first.stdout
+    second = container.run(
+        "bash",
+        "-c",
+        '"$@" && stat -c %u /var/lib/pgflow-py/demo-pg16/data',
+        "demo",
+        *demo,
+        postgres_user=True,
+    )
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert ": reused, started in" in second.stdout
+    assert second.stdout.splitlines()[-1] == str(postgres)

@@ -14,12 +14,13 @@ import contextlib
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from .._database import migrate
-from ..errors import PostgresStartError, ServerNotRunning
+from ..errors import PostgresStartError, ServerFolderInUse, ServerNotRunning
 from .embedded import (
     _HAVE_PROC,
     DB_STATE_NAME,
@@ -30,6 +31,9 @@ from .embedded import (
 from .folders import data_home, make_own_folder
 
 __all__ = ["DB_SETTINGS", "DbStatus", "PersistentPostgres", "db_directory", "db_status"]
+
+#: How long a command waits for another one starting or stopping the same server.
+LOCK_WAIT_SECONDS = 60.0
 
 #: Settings of the persistent server: durable (its data is worth keeping), room for workers.
 DB_SETTINGS = {"max_connections": "200"}
@@ -152,7 +156,7 @@ class PersistentPostgres(EmbeddedPostgres):
         if self._default:
             make_own_folder(self.directory.parent)
         self._prepare_directory(frozenset({DB_STATE_NAME}))
-        self._lock.acquire()
+        self._wait_for_folder()
         try:
             server = _CachedServer(self.directory, bindir=self.bindir, settings=self._settings)
             live = _live_postmaster(self.data_dir)
@@ -182,13 +186,26 @@ class PersistentPostgres(EmbeddedPostgres):
     def stop(self) -> None:
         """Stop the server if it runs; the folder and its data stay."""
         self._prepare_directory(frozenset({DB_STATE_NAME}))
-        self._lock.acquire()
+        self._wait_for_folder()
         try:
             server = _CachedServer(self.directory, bindir=self.bindir, settings=self._settings)
             self._clear_leftovers(server, quiet=True)
         finally:
             self._server = None
             self._lock.release()
+
+    def _wait_for_folder(self) -> None:
+        """Take the folder's lock, waiting (bounded) while another command holds it: two
+        starts at once both end with the server running, one of them finding it so."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                self._lock.acquire()
+                return
+            except ServerFolderInUse:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def _remembered_port(self) -> int | None:
         port = _int(_read_state(self.directory).get("port"))

@@ -247,3 +247,24 @@ def test_a_plain_user_runs_it_in_its_own_default_folder() -> None:
     finally:
         kill_servers(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_starts_at_once_share_one_server(folder: Path) -> None:
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pgflow_worker", "db", "start", "--dir", str(folder)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=120) for process in starts]
+    assert [process.returncode for process in starts] == [0, 0], results
+    urls = {out.strip() for out, _ in results}
+    assert len(urls) == 1
+    assert URL.fullmatch(urls.pop())
+    said = sorted("already running" in err for _, err in results)
+    assert said == [False, True], results
+    assert len([pid for pid in server_processes(folder / "data") if pid == postmaster(folder)]) == 1

@@ -334,7 +334,7 @@ class EmbeddedPostgres:
     def _prepare_directory(self, extra_names: frozenset[str] = frozenset()) -> None:
         if self.directory.is_symlink():
             raise PostgresStartError(
-                f"{self.directory} is a symbolic link; point PGFLOW_DEMO_DIR at a real folder"
+                f"{self.directory} is a symbolic link; name the real folder instead"
             )
         if self.directory.exists():
             owner = self.directory.stat().st_uid

@@ -173,6 +173,21 @@ def reachable_binaries(bindir: Path, user: str | None) -> Path:
     target_bindir = root / package.name / install.name / bindir.name
     if (target_bindir / "postgres").is_file():
         return target_bindir
+    try:
+        _copy_install(bindir, root)
+    except OSError as exc:
+        raise PostgresStartError(
+            f"cannot copy the PostgreSQL binaries in {install} (which the '{user}' OS user "
+            f"cannot reach) into {root}: {exc}"
+        ) from exc
+    return target_bindir
+
+
+def _copy_install(bindir: Path, root: Path) -> None:
+    """Copy the installation around ``bindir`` into ``root``, all at once or not at all."""
+    install = bindir.resolve().parent
+    package = install.parent
+    target_bindir = root / package.name / install.name / bindir.name
     scratch = Path(tempfile.mkdtemp(prefix=".copy-", dir=root.parent))
     try:
         for name in _BINARY_FOLDERS:
@@ -191,4 +206,3 @@ def reachable_binaries(bindir: Path, user: str | None) -> Path:
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target_bindir

@@ -47,6 +47,8 @@ from .errors import (
     PgmqUnavailable,
     PostgresNotFound,
     PostgresStartError,
+    ServerFolderInUse,
+    ServerNotRunning,
     StepNotFound,
     WorkerError,
 )
@@ -71,6 +73,8 @@ __all__ = [
     "PgmqUnavailable",
     "PostgresNotFound",
     "PostgresStartError",
+    "ServerFolderInUse",
+    "ServerNotRunning",
     "SqlCallStats",
     "StepContext",
     "StepDefinition",

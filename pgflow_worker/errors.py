@@ -16,6 +16,8 @@ __all__ = [
     "PgmqUnavailable",
     "PostgresNotFound",
     "PostgresStartError",
+    "ServerFolderInUse",
+    "ServerNotRunning",
     "StepNotFound",
     "WorkerError",
 ]
@@ -74,7 +76,27 @@ class PostgresNotFound(DatabaseSetupError):
 
 
 class PostgresStartError(DatabaseSetupError):
-    """A local PostgreSQL server was found but could not be initialised or started."""
+    """A local PostgreSQL server was found but could not be initialised or started.
+
+    ``cluster_at_fault`` is true when the server's existing data is what failed (written by
+    another major version, damaged), so that a new cluster in its place would start.
+    """
+
+    def __init__(self, message: str, *, cluster_at_fault: bool = False) -> None:
+        super().__init__(message)
+        self.cluster_at_fault = cluster_at_fault
+
+
+class ServerFolderInUse(PostgresStartError):
+    """Another process is using the local server's folder (a demo running, say)."""
+
+    def __init__(self, message: str, *, holder: int | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class ServerNotRunning(DatabaseSetupError):
+    """The persistent local server (``pgflow db``) is not running."""
 
 
 class PgmqUnavailable(DatabaseSetupError):

@@ -81,6 +81,8 @@ EXPECTED = {
         "PgmqUnavailable",
         "PostgresNotFound",
         "PostgresStartError",
+        "ServerFolderInUse",
+        "ServerNotRunning",
         "SqlCallStats",
         "StepDefinition",
         "StepNotFound",

@@ -78,6 +78,8 @@ def install_extension_files(sharedir: Path) -> bool:
         return False
     script.write_bytes(wanted_script)
     control.write_bytes(wanted_control)
+    for written in (script, control):  # the server may run as another OS user
+        written.chmod(0o644)
     log.info("installed pgmq %s extension files into %s", version, ext_dir)
     return True
 

@@ -486,6 +486,122 @@ def demo(
     raise typer.Exit(run_demo(options, console=console, errors=errors))
 
 
+db_app = typer.Typer(
+    help="A local PostgreSQL server with pgmq and pgflow migrated, kept running between "
+    "commands: for the Quickstart and for development.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="The server's folder (default: $PGFLOW_DB_DIR, else a folder of this user's).",
+        show_default=False,
+    ),
+]
+#: ``pgflow db status``'s exit status when no server runs (as ``pg_ctl status``'s).
+NOT_RUNNING = 3
+
+
+def _db_error(exc: PgflowError) -> NoReturn:
+    from ..errors import PostgresStartError
+
+    message = str(exc)
+    if isinstance(exc, PostgresStartError) and exc.cluster_at_fault:
+        message += (
+            "\n(the cluster's data is what fails: start PostgreSQL binaries of the version "
+            "that made it (PGFLOW_PG_BINDIR), or move the folder away to start afresh)"
+        )
+    _fail(message)
+
+
+@db_app.command("start")
+def db_start(
+    directory: DirOption = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="Listen on this port (default: the last one used, if free, else a free one).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start the server (if it is not running), migrate it, and print its DATABASE_URL.
+
+    It keeps running after this command exits, until 'pgflow db stop'.
+    """
+    from .localdb import PersistentPostgres
+
+    try:
+        server = PersistentPostgres(directory)
+        server.start(port=port)
+    except FileNotFoundError as exc:
+        _fail(f"cannot start the server: {exc.filename or 'a program'} is not installed")
+    except PgflowError as exc:
+        _db_error(exc)
+    if server.already_running:
+        state = "already running"
+    else:
+        state = f"started ({'reused' if server.reused else 'created'})"
+    errors.print(
+        f"PostgreSQL {server.version} ({server.source} binaries) in {server.directory}: {state}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    typer.echo(server.dsn())  # nothing else on stdout: $(pgflow db start)
+
+
+@db_app.command("stop")
+def db_stop(directory: DirOption = None) -> None:
+    """Stop the server; its data stays for the next start."""
+    from .localdb import PersistentPostgres, db_status
+
+    status = db_status(directory)
+    if not status.running:
+        errors.print(f"no server is running in {status.directory}", markup=False)
+        return
+    try:
+        PersistentPostgres(directory).stop()
+    except PgflowError as exc:
+        _db_error(exc)
+    errors.print(f"stopped the server in {status.directory}", markup=False, soft_wrap=True)
+
+
+@db_app.command("status")
+def db_status_command(directory: DirOption = None) -> None:
+    """Say whether the server runs (exit status 0) or not (3), where, and from which binaries."""
+    from .localdb import db_status
+
+    status = db_status(directory)
+    lines = [
+        f"running: {status.url}" if status.running else "not running",
+        f"folder: {status.directory}",
+    ]
+    if status.bindir is not None:
+        lines.append(f"binaries: PostgreSQL {status.version} ({status.source}) in {status.bindir}")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if status.running else NOT_RUNNING)
+
+
+@db_app.command("url")
+def db_url(directory: DirOption = None) -> None:
+    """Print the server's DATABASE_URL; fail when it is not running."""
+    from .localdb import db_status
+
+    try:
+        url = db_status(directory).require_url()
+    except PgflowError as exc:
+        _fail(str(exc))
+    typer.echo(url)
+
+
 def _json_default(value: Any) -> str:
     return str(value)
 

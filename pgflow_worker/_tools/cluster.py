@@ -4,7 +4,8 @@ Used by the test suite and ``pgflow demo`` (through :class:`~.embedded.EmbeddedP
 from Python as ``LocalPostgres``. It runs the machine's PostgreSQL binaries (Debian's
 ``/usr/lib/postgresql/<N>/bin`` or whatever ``pg_config`` on PATH names), or those of the
 ``pgserver`` package when the machine has none. ``initdb`` and ``postgres`` refuse to run as
-root, so as root they run as the ``postgres`` OS user.
+root, so as root they run as the ``postgres`` OS user, or ``nobody`` where there is none, from
+a copy of the binaries when that user cannot reach them (see :mod:`.folders`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Self
 
 from .._database.pgmq import install_extension_files
 from ..errors import PostgresNotFound, PostgresStartError
+from .folders import create_folder, reachable_binaries, reachable_by_others, server_user
 
 __all__ = [
     "FAST_SETTINGS",
@@ -173,10 +175,11 @@ class LocalPostgres:
     ) -> None:
         self._owns_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="pgflow-pg-")).resolve()
-        self.bindir = bindir or find_bindir()
+        self._run_as = server_user()
+        self.source_bindir = bindir or find_bindir()
+        self.bindir = reachable_binaries(self.source_bindir, self._run_as)
         self.port = port
         self.settings = dict(settings)
-        self._run_as = self._os_user()
         self._started = False
 
     # -- paths and connection strings ---------------------------------------------------------
@@ -184,6 +187,11 @@ class LocalPostgres:
     @property
     def data_dir(self) -> Path:
         return self.directory / "data"
+
+    @property
+    def run_as(self) -> str | None:
+        """The OS user the server runs as; ``None`` for this process's own."""
+        return self._run_as
 
     @property
     def log_file(self) -> Path:
@@ -206,9 +214,10 @@ class LocalPostgres:
         """Create the data folder if needed, install pgmq's extension files, start the server."""
         if self._started:
             return self
-        self.directory.mkdir(parents=True, exist_ok=True)
+        create_folder(self.directory)
         self._hand_over(self.directory)
-        if not (self.data_dir / "PG_VERSION").is_file():
+        existing = (self.data_dir / "PG_VERSION").is_file()
+        if not existing:
             self._initdb()
         if not install_extension_files(self.sharedir):
             log.info(
@@ -227,7 +236,9 @@ class LocalPostgres:
             if self.port is not None or "already in use" not in last_error:
                 break
         raise PostgresStartError(
-            f"PostgreSQL did not start from {self.data_dir}: {last_error.strip()}"
+            f"PostgreSQL did not start from {self.data_dir}: {last_error.strip()}",
+            # A cluster that existed before may be what fails; a new one cannot be.
+            cluster_at_fault=existing and "already in use" not in last_error,
         )
 
     def stop(self) -> None:
@@ -253,33 +264,29 @@ class LocalPostgres:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _os_user() -> str | None:
-        if os.geteuid() != 0:
-            return None
-        try:
-            import pwd
-
-            pwd.getpwnam("postgres")
-        except KeyError as exc:
-            raise PostgresStartError(
-                "PostgreSQL refuses to run as root and there is no 'postgres' OS user to run "
-                "it as; create one (useradd --system postgres) or run as another user"
-            ) from exc
-        return "postgres"
-
     def _hand_over(self, path: Path) -> None:
         if self._run_as is None:
             return
+        if not reachable_by_others(path):
+            blocked = next(p for p in path.parents if not p.stat().st_mode & 0o001)
+            raise PostgresStartError(
+                f"the '{self._run_as}' OS user that runs PostgreSQL (it refuses to run as root) "
+                f"cannot reach {path}: {blocked} is not searchable by other users; choose a "
+                "folder outside it"
+            )
         shutil.chown(path, user=self._run_as, group=None)
         path.chmod(0o755)
-        for parent in path.parents:
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                raise PostgresStartError(
-                    f"the '{self._run_as}' OS user cannot reach {path}: {parent} is not "
-                    "searchable by other users; choose a folder outside it"
-                )
+        # A cluster made by another account (the 'postgres' user was created since) changes
+        # hands with its folder: PostgreSQL insists on owning its data, and appends to its log.
+        uid = path.stat().st_uid
+        made = [p for p in (self.data_dir, self.log_file) if p.exists()]
+        if any(p.stat().st_uid != uid for p in made):
+            import pwd
+
+            gid = pwd.getpwnam(self._run_as).pw_gid
+            for folder, dirs, files in os.walk(path):
+                for name in [*dirs, *files]:
+                    os.lchown(os.path.join(folder, name), uid, gid)
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         if self._run_as is not None:

@@ -695,12 +695,13 @@ def _start_server(server: EmbeddedPostgres, *, reset: bool) -> None:
             f"cannot start the demo's server: {missing} is not installed{hint}"
         ) from exc
     except PostgresStartError as exc:
-        message = str(exc)
-        if "--reset" not in message and "another process" not in message:
-            message += (
-                "\n(the demo's server holds nothing of value: 'pgflow demo --reset' recreates it)"
-            )
-        raise PostgresStartError(message) from exc
+        if not exc.cluster_at_fault or reset:
+            raise
+        raise PostgresStartError(
+            f"{exc}\n(the demo's server holds nothing of value: 'pgflow demo --reset' "
+            "recreates it)",
+            cluster_at_fault=True,
+        ) from exc
 
 
 @contextlib.contextmanager

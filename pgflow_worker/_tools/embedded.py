@@ -5,6 +5,8 @@ binaries through :class:`LocalPostgres`, or, when the machine has none, the bina
 the PyPI ``pgserver`` package (``pip install 'pgflow-py[embedded]'``). One process at a time
 owns a folder, through an advisory lock that dies with its process: a server found running
 there at start is therefore the leftover of a killed process, and is stopped before ours starts.
+Each PostgreSQL major version gets its own default folder, and a second demo while one runs
+gets the next free one, so neither ever meets a cluster it cannot use.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from ..errors import PostgresStartError
+from ..errors import PostgresStartError, ServerFolderInUse
 from .cluster import FAST_SETTINGS, LocalPostgres, find_bindir
+from .folders import SERVER_USERS, cache_home, create_folder, make_own_folder
 
 __all__ = [
     "EmbeddedPostgres",
@@ -44,6 +47,9 @@ _TOOLS = ("initdb", "pg_ctl", "postgres")
 _HAVE_PROC = Path("/proc/self").is_dir()
 _LOCK_NAME = "owner.lock"
 _OWN_NAMES = frozenset({"data", "server.log", _LOCK_NAME})
+#: The file that marks a folder as the persistent server of ``pgflow db``.
+DB_STATE_NAME = "pgflow-db.json"
+_SLOTS = 5  # default folders a demo tries before saying they are all in use
 _LEFTOVER_GRACE = 5.0  # seconds a leftover server gets to exit before it is killed
 _START_ATTEMPTS_SECONDS = 10.0  # how long start() retries while a killed server's children exit
 
@@ -67,29 +73,17 @@ def pgserver_bindir() -> Path | None:
     return None
 
 
-def default_directory() -> Path:
+def default_directory(major: int | None = None) -> Path:
     """Where the demo server lives unless ``PGFLOW_DEMO_DIR`` says otherwise.
 
-    ``$XDG_CACHE_HOME/pgflow-py/demo-pg`` (``~/.cache/...`` by default). As root the server
-    runs as the ``postgres`` OS user, which usually cannot enter root's home (mode 700); then
-    the folder is ``/var/tmp/pgflow-py-demo-<uid>``, which survives reboots like a cache.
+    ``<cache_home()>/demo-pg<major>``: ``~/.cache/pgflow-py/demo-pg16``, say, or
+    ``/var/lib/pgflow-py/demo-pg16`` for root when its home is private (the server then runs
+    as another OS user, which must reach the folder). One folder per major version, so new
+    binaries never meet a cluster they cannot read.
     """
     if explicit := os.environ.get("PGFLOW_DEMO_DIR"):
         return Path(explicit).expanduser().absolute()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    preferred = Path(cache).expanduser().resolve() / "pgflow-py" / "demo-pg"
-    if os.geteuid() != 0 or _reachable_by_others(preferred):
-        return preferred
-    return Path("/var/tmp") / f"pgflow-py-demo-{os.geteuid()}"
-
-
-def _reachable_by_others(path: Path) -> bool:
-    """Whether every existing folder above ``path`` can be entered by any user."""
-    for parent in path.parents:
-        with contextlib.suppress(FileNotFoundError):
-            if not parent.stat().st_mode & 0o001:
-                return False
-    return True
+    return cache_home() / (f"demo-pg{major}" if major is not None else "demo-pg")
 
 
 def server_processes(data_dir: Path) -> list[int]:
@@ -122,6 +116,15 @@ def _major_version(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def binaries_version(bindir: Path) -> str:
+    """The version of the PostgreSQL in ``bindir``, e.g. ``15.18``."""
+    out = subprocess.run(
+        [str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=False
+    )
+    match = re.search(r"\d+(?:\.\d+)?", out.stdout)
+    return match.group(0) if match else out.stdout.strip()
+
+
 class _OwnerLock:
     """An exclusive ``flock`` on a file in the server's folder, held while a process uses it.
 
@@ -141,13 +144,14 @@ class _OwnerLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                holder = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise
-                raise PostgresStartError(
-                    f"another process (pid {holder}) is using the server in {self.path.parent}; "
-                    "wait for it to finish, or set PGFLOW_DEMO_DIR to another folder"
+                raise ServerFolderInUse(
+                    f"another process (pid {holder or 'unknown'}) is using the server in "
+                    f"{self.path.parent}; wait for it to finish, or use another folder",
+                    holder=int(holder) if holder.isdigit() else None,
                 ) from None
             # The previous owner may have removed the file between our open and our lock.
             try:
@@ -220,8 +224,15 @@ class EmbeddedPostgres:
         bindir: Path | None = None,
         settings: Mapping[str, str] = FAST_SETTINGS,
     ) -> None:
-        self.directory = Path(directory).absolute() if directory else default_directory()
         self.bindir = bindir or find_bindir()
+        self.version = binaries_version(self.bindir)
+        """The server binaries' version, e.g. ``15.18``."""
+        self._chosen = directory is not None or bool(os.environ.get("PGFLOW_DEMO_DIR"))
+        self.directory = (
+            Path(directory).absolute()
+            if directory
+            else default_directory(_major_version(self.version))
+        )
         bundled = pgserver_bindir()
         self.source: ServerSource = (
             "pgserver"
@@ -240,18 +251,6 @@ class EmbeddedPostgres:
     def data_dir(self) -> Path:
         return self.directory / "data"
 
-    @property
-    def version(self) -> str:
-        """The server binaries' version, e.g. ``15.18``."""
-        out = subprocess.run(
-            [str(self.bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        match = re.search(r"\d+(?:\.\d+)?", out.stdout)
-        return match.group(0) if match else out.stdout.strip()
-
     def dsn(self, dbname: str = "postgres") -> str:
         if self._server is None:
             raise PostgresStartError(f"the server in {self.directory} has not been started")
@@ -263,12 +262,10 @@ class EmbeddedPostgres:
         """Own the folder, clear leftovers, (re)create the cluster if asked or new, start it."""
         if self._server is not None:
             return self
-        self._prepare_directory()
-        self._lock.acquire()
+        self._own_a_folder()
         try:
             server = _CachedServer(self.directory, bindir=self.bindir, settings=self._settings)
             self._server = server
-            self._check_binaries_reachable(server)
             self._clear_leftovers(server)
             if reset or not (self.data_dir / "PG_VERSION").is_file():
                 # Asked to, or the remains of an initdb that was interrupted.
@@ -303,23 +300,62 @@ class EmbeddedPostgres:
 
     # -- steps of start() ---------------------------------------------------------------------
 
-    def _prepare_directory(self) -> None:
+    def _own_a_folder(self) -> None:
+        """Take the folder's owner lock; when it is in use and was not chosen by the user,
+        the next free default folder's (``demo-pg16-2``, ...)."""
+        first = self.directory
+        slots = (
+            [first]
+            if self._chosen
+            else [first, *(Path(f"{first}-{n}") for n in range(2, _SLOTS + 1))]
+        )
+        if not self._chosen:
+            make_own_folder(first.parent)
+        for slot in slots:
+            self.directory = slot
+            self._lock = _OwnerLock(slot / _LOCK_NAME)
+            self._prepare_directory()
+            try:
+                self._lock.acquire()
+            except ServerFolderInUse as exc:
+                if slot == slots[-1]:
+                    if len(slots) > 1:
+                        raise ServerFolderInUse(
+                            f"the demo's {len(slots)} folders ({first}, {first}-2, ...) are all "
+                            "in use by other processes; wait for one to finish, or set "
+                            "PGFLOW_DEMO_DIR to another folder",
+                            holder=exc.holder,
+                        ) from None
+                    raise
+                log.info("%s; using the next folder", exc)
+                continue
+            return
+
+    def _prepare_directory(self, extra_names: frozenset[str] = frozenset()) -> None:
         if self.directory.is_symlink():
             raise PostgresStartError(
-                f"{self.directory} is a symbolic link; point PGFLOW_DEMO_DIR at a real folder"
+                f"{self.directory} is a symbolic link; name the real folder instead"
             )
         if self.directory.exists():
             owner = self.directory.stat().st_uid
-            if owner not in (os.geteuid(), _uid_of("postgres")):
+            # As root, the folder belongs to whichever OS user ran its server last.
+            server_uids = [_uid_of(name) for name in SERVER_USERS] if os.geteuid() == 0 else []
+            if owner not in (os.geteuid(), *server_uids):
                 raise PostgresStartError(
                     f"{self.directory} belongs to another user (uid {owner}); "
                     "set PGFLOW_DEMO_DIR to a folder of your own"
                 )
             # The folder is handed to the server (and wiped on reset): never someone's files.
+            names = _OWN_NAMES | extra_names
+            if DB_STATE_NAME not in names and (self.directory / DB_STATE_NAME).exists():
+                raise PostgresStartError(
+                    f"{self.directory} holds the server of 'pgflow db'; the demo needs a "
+                    "folder of its own: unset PGFLOW_DEMO_DIR or point it elsewhere"
+                )
             foreign = sorted(
                 child.name
                 for child in self.directory.iterdir()
-                if child.name not in _OWN_NAMES and not child.name.startswith(".s.PGSQL.")
+                if child.name not in names and not child.name.startswith(".s.PGSQL.")
             )
             if foreign:
                 listing = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
@@ -327,19 +363,7 @@ class EmbeddedPostgres:
                     f"{self.directory} holds files that are not a server's ({listing}); "
                     "PGFLOW_DEMO_DIR must name a folder of its own, empty or made by pgflow demo"
                 )
-        self.directory.mkdir(parents=True, exist_ok=True)
-
-    def _check_binaries_reachable(self, server: _CachedServer) -> None:
-        run_as = server._run_as
-        if run_as is None:
-            return
-        for parent in self.bindir.parents:
-            if not parent.stat().st_mode & 0o001:
-                raise PostgresStartError(
-                    f"the '{run_as}' OS user that runs PostgreSQL (it refuses to run as root) "
-                    f"cannot reach the binaries in {self.bindir}: {parent} is not searchable by "
-                    "other users; install pgflow-py outside it, or run as a non-root user"
-                )
+        create_folder(self.directory)
 
     def _clear_leftovers(self, server: _CachedServer, *, quiet: bool = False) -> None:
         """Stop a server left running, let orphans of a killed one exit, drop stale files."""
@@ -378,8 +402,8 @@ class EmbeddedPostgres:
         if cluster is not None and binaries is not None and cluster != binaries:
             raise PostgresStartError(
                 f"the server in {self.directory} was created by PostgreSQL {cluster}, but the "
-                f"binaries found are PostgreSQL {binaries} ({self.bindir}); start over with "
-                "'pgflow demo --reset' (the demo data is disposable)"
+                f"binaries found are PostgreSQL {binaries} ({self.bindir})",
+                cluster_at_fault=True,
             )
 
     def _start_with_retries(self, server: _CachedServer) -> None:

@@ -10,9 +10,11 @@ import inspect
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from psycopg import sql
 from tests.docs.snippets import Block, Page
 
 BLOCK_TIMEOUT = 60.0
+_EXPORTS_MARK = "@@pgflow-docs-exports@@"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 40.0
 
@@ -141,7 +144,10 @@ class PageRunner:
         self.page = page
         self.db_url = db_url
         self.workdir = workdir
-        self.env: dict[str, str] = {"DATABASE_URL": db_url}
+        # A folder the OS user running PostgreSQL can enter (pytest's folders are private).
+        self.db_dir = Path(tempfile.mkdtemp(prefix="pgflow-docs-db-", dir="/tmp"))
+        self.env: dict[str, str] = {"DATABASE_URL": db_url, "PGFLOW_DB_DIR": str(self.db_dir)}
+        self._environ_before: dict[str, str | None] = {}
         self.namespace: dict[str, Any] = {"__name__": "__docs__"}
         self.last_output: str | None = None
         self._processes: list[Background] = []
@@ -164,6 +170,12 @@ class PageRunner:
             for process in reversed(self._processes):
                 await process.stop()
         finally:
+            await self._stop_db_server()
+            for name, value in self._environ_before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
             if self._path_added:
                 sys.path.remove(str(self.workdir))
             for name in set(sys.modules) - self._modules_before:
@@ -209,11 +221,16 @@ class PageRunner:
         importlib.invalidate_caches()
 
     async def _shell(self, block: Block) -> None:
+        exports = [name for name in (block.option("exports") or "").split(",") if name]
+        code = block.code
+        if exports:
+            code += f"\nprintf '\\n%s\\n' {_EXPORTS_MARK}\n"
+            code += "".join(f"printf '%s=%s\\n' {name} \"${{{name}-}}\"\n" for name in exports)
         process = await asyncio.create_subprocess_exec(
             "bash",
             "-e",
             "-c",
-            _SHELL_PREAMBLE + block.code,
+            _SHELL_PREAMBLE + code,
             cwd=self.workdir,
             env=_environment(self.env),
             stdout=asyncio.subprocess.PIPE,
@@ -234,7 +251,20 @@ class PageRunner:
                 f"{block.where}: exited with status {process.returncode}\n"
                 f"--- stdout\n{stdout}\n--- stderr\n{stderr}"
             )
+        if exports:
+            stdout, _, exported = stdout.rpartition(f"\n{_EXPORTS_MARK}\n")
+            for line in exported.splitlines():
+                name, _, value = line.partition("=")
+                self._export(name, value)
         self.last_output = stdout
+
+    def _export(self, name: str, value: str) -> None:
+        """Carry a variable a block exported into the blocks after it, in-process ones too."""
+        self.env[name] = value
+        self._environ_before.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+        if name == "DATABASE_URL":
+            self.db_url = value
 
     async def _background(self, block: Block) -> None:
         process = Background(block, self.workdir, _environment(self.env))
@@ -298,6 +328,20 @@ class PageRunner:
         )
 
     # -- cleanup ------------------------------------------------------------------------------
+
+    async def _stop_db_server(self) -> None:
+        """Stop the server a ``pgflow db start`` block left running; remove its folder."""
+        if (self.db_dir / "data").exists():
+            result = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "pgflow_worker", "db", "stop", "--dir", str(self.db_dir)],
+                capture_output=True,
+                text=True,
+                timeout=STOP_TIMEOUT,
+                check=False,
+            )
+            assert result.returncode == 0, f"pgflow db stop failed:\n{result.stderr}"
+        shutil.rmtree(self.db_dir, ignore_errors=True)
 
     async def _close_objects(self) -> None:
         """Close clients a page left open, so the next page starts clean."""

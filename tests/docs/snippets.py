@@ -10,7 +10,9 @@ an HTML comment on the line before its opening fence, which says what to do with
     python: write it to ``NAME`` in the page's scratch folder (the working directory of the
     page's commands, and on ``sys.path`` while its blocks run).
 ``<!-- test: shell -->``
-    bash: run it with ``bash -e`` in the scratch folder; it must exit with status 0.
+    bash: run it with ``bash -e`` in the scratch folder; it must exit with status 0. With
+    ``exports=NAME,...``, the variables it exports carry over to the following blocks, as
+    they would in the reader's terminal (``DATABASE_URL`` becomes the page's database).
 ``<!-- test: background ready=REGEX -->``
     bash: start it and wait until its output matches ``REGEX``; it receives SIGTERM when the
     page is done and must then exit on its own.
@@ -30,6 +32,8 @@ Supabase stand-in (``SUPABASE_URL`` / ``SUPABASE_KEY``) serving the page's datab
 running under the API key's role, after the listed roles are created.
 
 Every page runs on a fresh database migrated with pgflow-py's SQL, named by ``DATABASE_URL``.
+``pgflow db`` keeps its server in a scratch folder of the page (``PGFLOW_DB_DIR``), stopped
+when the page is done.
 """
 
 from __future__ import annotations

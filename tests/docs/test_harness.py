@@ -113,3 +113,56 @@ def test_marker_problems_are_reported(page: Path) -> None:
 )
 def test_output_matching(want: list[str], got: list[str], matches: bool) -> None:
     assert output_matches(want, got) is matches
+
+
+EXPORTING_PAGE = """\
+<!-- test: shell exports=GREETING,DATABASE_URL -->
+```bash
+echo before
+export GREETING="hello there"
+export DATABASE_URL=postgresql://elsewhere/db
+```
+
+<!-- test: output -->
+```text
+before
+```
+
+<!-- test: shell -->
+```bash
+echo "$GREETING"
+```
+
+<!-- test: output -->
+```text
+hello there
+```
+
+<!-- test: run -->
+```python
+import os
+
+print(os.environ["GREETING"])
+```
+
+<!-- test: output -->
+```text
+hello there
+```
+"""
+
+
+async def test_exported_variables_reach_the_blocks_after(tmp_path: Path) -> None:
+    import os
+
+    from tests.docs.runner import PageRunner
+
+    path = tmp_path / "page.md"
+    path.write_text(EXPORTING_PAGE, encoding="utf-8")
+    assert "GREETING" not in os.environ
+    runner = PageRunner(parse(path), "postgresql://unused/db", tmp_path)
+    async with runner:
+        await runner.run()
+        assert runner.db_url == "postgresql://elsewhere/db"
+    assert "GREETING" not in os.environ
+    assert not runner.db_dir.exists()

@@ -240,10 +240,18 @@ def test_every_command_and_option_is_documented() -> None:
     assert documented == set(commands)
     for name, sub in commands.items():
         body = section(text, f"## `pgflow {name}`")
-        for param in sub.params:
-            for option in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
-                if option.startswith("-"):
-                    assert f"`{option}" in body, f"pgflow {name}: {option} is not documented"
+        # A group (pgflow db) documents its subcommands and their options in its section.
+        leaves = {name: sub, **{f"{name} {n}": c for n, c in getattr(sub, "commands", {}).items()}}
+        for full_name, leaf in leaves.items():
+            if leaf is not sub:
+                assert f"pgflow {full_name}" in body, f"pgflow {full_name} is not documented"
+            for param in leaf.params:
+                options = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+                for option in options:
+                    if option.startswith("-"):
+                        assert f"`{option}" in body, (
+                            f"pgflow {full_name}: {option} is not documented"
+                        )
 
 
 # -- Python API ---------------------------------------------------------------------------------

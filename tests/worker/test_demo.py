@@ -673,3 +673,45 @@ def test_supabase_without_a_database_url_is_explained(
     result = runner.invoke(app, ["demo", "--no-live"])
     assert result.exit_code == 2, result.output
     assert "SUPABASE_KEY is not" in result.output
+
+
+# -- the '--reset' hint: only where a reset helps ---------------------------------------------
+
+_RESET_HINT = "'pgflow demo --reset' recreates it"
+
+
+def demo_in_process(folder: Path, *, reset: bool = False) -> tuple[int, str]:
+    """Run the demo on ``folder``; its exit code and what it printed on standard error."""
+    errors = io.StringIO()
+    code = run_demo(
+        DemoOptions(runs=1, live=False, directory=folder, reset=reset),
+        console=Console(file=io.StringIO(), width=200),
+        errors=Console(file=errors, width=200),
+        environ={},
+    )
+    return code, errors.getvalue()
+
+
+def test_the_reset_hint_comes_with_a_cluster_of_another_version(demo_dir: Path) -> None:
+    (demo_dir / "data" / "PG_VERSION").write_text("9\n")
+    code, errors = demo_in_process(demo_dir)
+    assert code == 1
+    assert "was created by PostgreSQL 9" in errors
+    assert _RESET_HINT in " ".join(errors.split())
+    code, errors = demo_in_process(demo_dir, reset=True)
+    assert code == 0, errors
+    assert leftovers(demo_dir) == []
+
+
+def test_no_reset_hint_where_a_reset_changes_nothing(demo_dir: Path) -> None:
+    with EmbeddedPostgres(demo_dir):
+        code, errors = demo_in_process(demo_dir)
+    assert code == 1
+    assert "another process" in errors
+    assert "--reset" not in errors
+    (demo_dir / "notes.txt").write_text("mine")
+    code, errors = demo_in_process(demo_dir)
+    assert code == 1
+    assert "holds files that are not a server's" in errors
+    assert "--reset" not in errors
+    assert leftovers(demo_dir) == []

@@ -126,8 +126,9 @@ def test_reset_wipes_the_cluster(folder: Path) -> None:
 
 def test_a_cluster_of_another_major_version_asks_for_a_reset(folder: Path) -> None:
     (folder / "data" / "PG_VERSION").write_text("9\n")
-    with pytest.raises(PostgresStartError, match=r"PostgreSQL 9\b.*'pgflow demo --reset'"):
+    with pytest.raises(PostgresStartError, match=r"created by PostgreSQL 9, but") as caught:
         EmbeddedPostgres(folder).start()
+    assert caught.value.cluster_at_fault
     assert leftovers(folder) == []
 
 
@@ -204,18 +205,19 @@ def test_what_a_killed_owner_left_does_not_block_the_next_start(
 
 def test_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PGFLOW_DEMO_DIR", str(tmp_path / "mine"))
-    assert default_directory() == tmp_path / "mine"
+    assert default_directory(16) == tmp_path / "mine"
     monkeypatch.delenv("PGFLOW_DEMO_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/pgflow-cache-probe")
-    assert default_directory() == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg")
+    assert default_directory(16) == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg16")
+    assert default_directory(15) == Path("/tmp/pgflow-cache-probe/pgflow-py/demo-pg15")
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_CACHE_HOME", str(private / "cache"))
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    # As root the server runs as 'postgres', which cannot enter a private folder.
-    assert default_directory() == Path("/var/tmp/pgflow-py-demo-0")
+    # As root the server runs as another OS user, which cannot enter a private folder.
+    assert default_directory(16) == Path("/var/lib/pgflow-py/demo-pg16")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert default_directory() == private / "cache" / "pgflow-py" / "demo-pg"
+    assert default_directory(16) == private / "cache" / "pgflow-py" / "demo-pg16"
 
 
 def _no_system_binaries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -492,3 +494,90 @@ def test_a_non_root_test_stack_falls_back_to_pgserver_for_pgmq() -> None:
     assert got["ours"] == "1.13.0", got
     if official is None:
         assert got["official"] == "1.13.0", got
+
+
+# -- default folders: one per major version, the next one when in use -----------------------
+
+
+@pytest.fixture
+def cache_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``XDG_CACHE_HOME`` in a folder every user can enter, so that as root the default
+    folders stay there (and never reach the machine's /var/lib/pgflow-py)."""
+    folder = scratch_folder("pgflow-cache-")
+    folder.chmod(0o755)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(folder))
+    monkeypatch.delenv("PGFLOW_DEMO_DIR", raising=False)
+    yield folder
+    kill_servers_below(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def kill_servers_below(folder: Path) -> None:
+    for data in folder.rglob("data"):
+        for pid in server_processes(data):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_server_takes_the_next_default_folder(cache_home: Path) -> None:
+    """Two demos at once: the second gets a server of its own instead of an error."""
+    try:
+        find_bindir()
+    except PostgresNotFound as exc:
+        pytest.skip(f"no PostgreSQL binaries to run a server with: {exc}")
+    with EmbeddedPostgres() as first, EmbeddedPostgres() as second:
+        major = first.version.split(".")[0]
+        assert first.directory == cache_home / "pgflow-py" / f"demo-pg{major}"
+        assert second.directory == cache_home / "pgflow-py" / f"demo-pg{major}-2"
+        assert first.dsn() != second.dsn()
+        for server in (first, second):
+            with psycopg.connect(server.dsn()) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+    assert leftovers(first.directory) == []
+    assert leftovers(second.directory) == []
+
+
+def test_when_every_default_folder_is_in_use_the_error_says_so(cache_home: Path) -> None:
+    from pgflow_worker._tools.embedded import _OwnerLock
+    from pgflow_worker.errors import ServerFolderInUse
+
+    try:
+        find_bindir()
+    except PostgresNotFound as exc:
+        pytest.skip(f"no PostgreSQL binaries to run a server with: {exc}")
+    probe = EmbeddedPostgres()
+    first = probe.directory
+    held = []
+    for slot in [first, *(Path(f"{first}-{n}") for n in range(2, 6))]:
+        slot.mkdir(parents=True)
+        lock = _OwnerLock(slot / "owner.lock")
+        lock.acquire()
+        held.append(lock)
+    try:
+        with pytest.raises(ServerFolderInUse, match=r"folders \(.*\) are all in use") as caught:
+            probe.start()
+        assert caught.value.holder == os.getpid()
+        assert not caught.value.cluster_at_fault
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def test_other_binaries_get_a_default_folder_of_their_own(cache_home: Path) -> None:
+    """The machine's PostgreSQL and pgserver's (another major version) each keep a cluster:
+    switching between them never meets a cluster the binaries cannot read."""
+    bundled = _require_pgserver()
+    try:
+        system = find_bindir()
+    except PostgresNotFound as exc:
+        pytest.skip(f"no machine binaries besides pgserver's: {exc}")
+    with EmbeddedPostgres(bindir=system) as one:
+        pass
+    with EmbeddedPostgres(bindir=bundled) as other:
+        pass
+    if one.version.split(".")[0] == other.version.split(".")[0]:
+        pytest.skip("the machine's PostgreSQL is pgserver's major version")
+    assert one.directory != other.directory
+    with EmbeddedPostgres(bindir=system) as again:
+        assert again.directory == one.directory
+        assert again.reused

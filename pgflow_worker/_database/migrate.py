@@ -1,13 +1,18 @@
 """Applying pgflow-py's SQL to a database: pgmq, the realtime stand-in, then the migrations.
 
 Each migration runs in its own transaction and is recorded in ``pgflow.migrations`` with a
-checksum, so running :func:`migrate` again does nothing. A session advisory lock keeps two
-concurrent ``pgflow migrate`` calls from interleaving.
+checksum, so running :func:`migrate` again does nothing. Every transaction :func:`migrate` runs
+first takes one transaction-scoped advisory lock, then looks at what is already installed: two
+concurrent ``pgflow migrate`` calls never interleave, and the lock also holds through a
+transaction-mode pooler (a session lock would be taken on one server connection and released,
+or not, on another).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,25 +45,33 @@ def _scalar(conn: psycopg.Connection[Any], query: bytes, params: tuple[Any, ...]
     return None if row is None else row[0]
 
 
+@contextmanager
+def _locked(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction holding the migration lock until it ends."""
+    with conn.transaction():
+        conn.execute(b"select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        yield
+
+
 def _ensure_realtime(conn: psycopg.Connection[Any]) -> str:
     """Install the realtime stand-in unless a real (Supabase) ``realtime.send`` exists."""
-    existing = _scalar(
-        conn,
-        b"select obj_description(to_regprocedure('realtime.send(jsonb,text,text,boolean)'),"
-        b" 'pg_proc')",
-    )
-    exists = _scalar(
-        conn, b"select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null"
-    )
-    if exists and _COMPAT_MARKER not in (existing or ""):
-        return "supabase"
-    with conn.transaction():
+    with _locked(conn):
+        existing = _scalar(
+            conn,
+            b"select obj_description(to_regprocedure('realtime.send(jsonb,text,text,boolean)'),"
+            b" 'pg_proc')",
+        )
+        exists = _scalar(
+            conn, b"select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null"
+        )
+        if exists and _COMPAT_MARKER not in (existing or ""):
+            return "supabase"
         conn.execute(realtime_compat_sql().encode())
     return "stand-in"
 
 
 def _ensure_tracking_table(conn: psycopg.Connection[Any]) -> None:
-    with conn.transaction():
+    with _locked(conn):
         has_flows = _scalar(conn, b"select to_regclass('pgflow.flows') is not null")
         has_tracking = _scalar(conn, b"select to_regclass('pgflow.migrations') is not null")
         if has_flows and not has_tracking:
@@ -77,9 +90,14 @@ def _ensure_tracking_table(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> bool:
+    """Apply one migration unless a concurrent call has meanwhile; True when this one did."""
     try:
-        with conn.transaction():
+        with _locked(conn):
+            if _scalar(
+                conn, b"select 1 from pgflow.migrations where version = %s", (migration.version,)
+            ):
+                return False
             conn.execute(migration.sql.encode())
             conn.execute(
                 b"insert into pgflow.migrations (version, name, checksum) values (%s, %s, %s)",
@@ -89,6 +107,7 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
         raise MigrationError(
             f"migration {migration.path.name} failed and was rolled back: {exc}"
         ) from exc
+    return True
 
 
 def migrate(
@@ -107,34 +126,38 @@ def migrate(
                 f"there is no migration {target!r} to stop at (known: {', '.join(versions)})"
             )
         migrations = migrations[: versions.index(target) + 1]
-    conn = psycopg.connect(conninfo, autocommit=True) if isinstance(conninfo, str) else conninfo
+    conn = (
+        # Never prepared: through a transaction-mode pooler the next statement may run in
+        # another server session, which does not have it.
+        psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
+        if isinstance(conninfo, str)
+        else conninfo
+    )
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
     try:
-        conn.execute(b"select pg_advisory_lock(%s)", (_LOCK_KEY,))
-        try:
+        with _locked(conn):
             report.pgmq = ensure_pgmq(conn)
-            report.realtime = _ensure_realtime(conn)
-            _ensure_tracking_table(conn)
-            done = {
-                row[0]: row[1]
-                for row in conn.execute(b"select version, checksum from pgflow.migrations")
-            }
-            for migration in migrations:
-                if migration.version in done:
-                    if done[migration.version] != migration.checksum:
-                        log.warning(
-                            "migration %s was applied from a different file than the one "
-                            "shipped now (checksum differs); it is not applied again",
-                            migration.path.name,
-                        )
-                    report.already_applied.append(migration.path.name)
-                    continue
-                _apply(conn, migration)
+        report.realtime = _ensure_realtime(conn)
+        _ensure_tracking_table(conn)
+        done = {
+            row[0]: row[1]
+            for row in conn.execute(b"select version, checksum from pgflow.migrations")
+        }
+        for migration in migrations:
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    log.warning(
+                        "migration %s was applied from a different file than the one "
+                        "shipped now (checksum differs); it is not applied again",
+                        migration.path.name,
+                    )
+                report.already_applied.append(migration.path.name)
+            elif _apply(conn, migration):
                 log.info("applied migration %s", migration.path.name)
                 report.applied.append(migration.path.name)
-        finally:
-            conn.execute(b"select pg_advisory_unlock(%s)", (_LOCK_KEY,))
+            else:
+                report.already_applied.append(migration.path.name)
     finally:
         if isinstance(conninfo, str):
             conn.close()

@@ -18,13 +18,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ._transport import TransportHooks, nothing, rpc_error
 from .dsn import describe_dsn, redact
-from .errors import ClientClosed, SubscriptionError, TransportError
+from .errors import ClientClosed, ListenUnavailable, SubscriptionError, TransportError
 
 __all__ = ["PostgresTransport"]
 
@@ -32,6 +32,12 @@ log = logging.getLogger("pgflow.client")
 
 CHANNEL = "realtime_broadcast"
 _TOPIC_PREFIX = "pgflow:run:"
+
+#: How long :meth:`PostgresTransport.open` waits for its test notification once it is
+#: committed. On a direct connection it arrives in about a round trip; the wait is paid in full
+#: only where notifications never arrive, so it is generous enough that a slow server is not
+#: mistaken for a transaction pooler.
+NOTIFY_CHECK_TIMEOUT = 5.0
 
 
 class PostgresTransport:
@@ -76,6 +82,7 @@ class PostgresTransport:
             ) from None
         try:
             await self._pool.open(wait=True, timeout=timeout)
+            await self._check_notifications(listener)
         except BaseException:
             await listener.close()
             raise
@@ -175,6 +182,35 @@ class PostgresTransport:
         await conn.execute(f"listen {CHANNEL}")
         self._listening.set()
         return conn
+
+    async def _check_notifications(self, listener: AsyncConnection[Any]) -> None:
+        """Refuse, with :class:`ListenUnavailable`, a connection notifications do not reach.
+
+        LISTEN on a channel of its own, NOTIFY it from a pooled connection, wait for the
+        notification. Through a transaction-mode pooler the LISTEN stays behind in a server
+        session the listener no longer holds, so nothing arrives; no query on the listener
+        is made while waiting, since it could borrow that very session and get the
+        notification by chance. This is the one check that does not depend on the pooler's
+        kind: none of them announces itself.
+        """
+        channel = f"pgflow_check_{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        await listener.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+        async with self._pool.connection() as conn:
+            await conn.execute("select pg_notify(%s, %s)", (channel, token))
+        async for note in listener.notifies(timeout=NOTIFY_CHECK_TIMEOUT):
+            if note.channel == channel and note.payload == token:
+                break
+        else:
+            raise ListenUnavailable(
+                f"notifications do not reach a connection to {describe_dsn(self._dsn)}: a test "
+                f"NOTIFY sent through a second connection did not arrive within "
+                f"{NOTIFY_CHECK_TIMEOUT:g} s. This is what a transaction-mode pooler does "
+                "(Supabase's port 6543, pgbouncer's pool_mode = transaction): LISTEN stays in "
+                "a server session the client does not keep. Connect the client directly or "
+                "through a session-mode pooler (Supabase's port 5432)."
+            )
+        await listener.execute(sql.SQL("unlisten {}").format(sql.Identifier(channel)))
 
     async def _listen(self, conn: AsyncConnection[Any]) -> None:
         delay = self._backoff[0]

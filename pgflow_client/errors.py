@@ -8,6 +8,7 @@ __all__ = [
     "InvalidFlowInput",
     "InvalidRunData",
     "InvalidRunId",
+    "ListenUnavailable",
     "PgflowClientError",
     "RpcError",
     "RunAlreadyExists",
@@ -114,6 +115,16 @@ class RunAlreadyExists(RpcError):
 
 class SubscriptionError(TransportError):
     """The realtime subscription for a run could not be established."""
+
+
+class ListenUnavailable(TransportError):
+    """Notifications do not reach this connection, so runs cannot be watched over it.
+
+    Raised by ``PgflowClient.connect(dsn)`` when a test notification, sent through a second
+    connection, never arrives: what a transaction-mode pooler (Supabase's port 6543, pgbouncer
+    with ``pool_mode = transaction``) does, since ``LISTEN`` belongs to a server session the
+    client does not keep. Connect directly or through a session-mode pooler instead.
+    """
 
 
 class ClientClosed(PgflowClientError):

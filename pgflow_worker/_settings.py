@@ -30,6 +30,7 @@ class WorkerSettings:
     enforce_timeouts: bool = True
     recompile: bool = False
     function_name: str = "pgflow-py"
+    prepare_threshold: int | None = None
 
     def __post_init__(self) -> None:
         positive = {

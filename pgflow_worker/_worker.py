@@ -138,7 +138,11 @@ class FlowWorker:
             self.dsn,
             min_size=1,
             max_size=self.settings.max_pg_connections,
-            kwargs={"autocommit": True, "application_name": self.application_name},
+            kwargs={
+                "autocommit": True,
+                "application_name": self.application_name,
+                "prepare_threshold": self.settings.prepare_threshold,
+            },
             configure=configure_connection,
             open=False,
             name=f"pgflow-worker-{self.flow.slug}",

@@ -55,6 +55,7 @@ EXPECTED = {
         "StepFailedEvent",
         "StepSkippedEvent",
         "StepStartedEvent",
+        "ListenUnavailable",
         "SubscriptionError",
         "SyncFlowRun",
         "SyncFlowStep",

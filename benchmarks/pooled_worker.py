@@ -7,7 +7,8 @@ a direct connection could gain back); and through a real pgbouncer (Debian's pac
 transaction mode with a pool of 4 server connections. Each configuration is repeated and the
 median rate kept; the table gives tasks/s and the ratio to the direct connection.
 
-Run: ``uv run python -m benchmarks.pooled_worker`` (under a minute on 2 cores; ``--help`` for sizes).
+Run: ``uv run python -m benchmarks.pooled_worker`` (under a minute on 2 cores; ``--help``
+for sizes).
 """
 
 from __future__ import annotations

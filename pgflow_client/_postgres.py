@@ -75,7 +75,7 @@ class PostgresTransport:
     async def open(self, timeout: float = 30.0) -> None:
         """Open the LISTEN connection and the pool; fails fast when the server is unreachable."""
         try:
-            listener = await self._connect_listener()
+            listener = await AsyncConnection.connect(self._dsn, autocommit=True)
         except psycopg.OperationalError as exc:
             raise TransportError(
                 f"cannot connect to {describe_dsn(self._dsn)}: {redact(str(exc)).strip()}"
@@ -83,6 +83,7 @@ class PostgresTransport:
         try:
             await self._pool.open(wait=True, timeout=timeout)
             await self._check_notifications(listener)
+            await self._start_listening(listener)
         except BaseException:
             await listener.close()
             raise
@@ -179,9 +180,12 @@ class PostgresTransport:
 
     async def _connect_listener(self) -> AsyncConnection[Any]:
         conn = await AsyncConnection.connect(self._dsn, autocommit=True)
+        await self._start_listening(conn)
+        return conn
+
+    async def _start_listening(self, conn: AsyncConnection[Any]) -> None:
         await conn.execute(f"listen {CHANNEL}")
         self._listening.set()
-        return conn
 
     async def _check_notifications(self, listener: AsyncConnection[Any]) -> None:
         """Refuse, with :class:`ListenUnavailable`, a connection notifications do not reach.

@@ -16,7 +16,9 @@ class WorkerSettings:
     ``visibility_timeout`` hides a message between the read and ``start_tasks`` (which then
     hides it for the step's timeout + 2 s); ``max_poll_seconds`` and ``poll_interval_ms`` shape
     the server-side poll; ``shutdown_timeout`` bounds how long a graceful stop waits for
-    in-flight handlers before cancelling them.
+    in-flight handlers before cancelling them. ``prepare_threshold`` is psycopg's: the default
+    ``None`` never prepares statements, which a transaction-mode pooler needs (the next
+    transaction may run in a server session that never saw the statement prepared).
     """
 
     max_concurrent: int = 10
@@ -48,6 +50,14 @@ class WorkerSettings:
             raise WorkerError(
                 "worker settings max_poll_seconds and shutdown_timeout cannot be negative "
                 f"(got {self.max_poll_seconds!r}, {self.shutdown_timeout!r})"
+            )
+        if self.prepare_threshold is not None and (
+            isinstance(self.prepare_threshold, bool) or self.prepare_threshold < 0
+        ):
+            raise WorkerError(
+                "worker setting prepare_threshold must be None (never prepare, what a "
+                "transaction-mode pooler needs) or a count of runs of zero or more, got "
+                f"{self.prepare_threshold!r}"
             )
         if self.max_pg_connections < 2:
             raise WorkerError(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import typer
 
-from pgflow_worker import WorkerSettings
+from pgflow_worker import WorkerError, WorkerSettings
 from pgflow_worker._tools.cli import app
 
 #: createFlowWorker's defaults and the heartbeat throttle of pgflow's Edge Worker.
@@ -43,3 +44,12 @@ def test_the_worker_command_defaults_to_the_same_settings() -> None:
     ):
         assert defaults[name] == getattr(settings, name), name
     assert defaults["recompile"] is False
+
+
+def test_statements_are_never_prepared_by_default() -> None:
+    """The default works through a transaction-mode pooler; a bad value is refused by name."""
+    assert WorkerSettings().prepare_threshold is None
+    assert WorkerSettings(prepare_threshold=5).prepare_threshold == 5
+    for bad in (-1, True):
+        with pytest.raises(WorkerError, match=r"prepare_threshold .* got"):
+            WorkerSettings(prepare_threshold=bad)

@@ -662,9 +662,18 @@ begin
 
   execute 'select cron.unschedule(jobid) from cron.job where jobname = $1'
     using 'pgflow_requeue_stalled_tasks';
-  execute 'select cron.schedule($1, $2, $3)'
-    into v_job_id
-    using 'pgflow_requeue_stalled_tasks', cron_interval, 'select pgflow.requeue_stalled_tasks()';
+  begin
+    execute 'select cron.schedule($1, $2, $3)'
+      into v_job_id
+      using 'pgflow_requeue_stalled_tasks', cron_interval, 'select pgflow.requeue_stalled_tasks()';
+  exception when invalid_parameter_value then
+    raise exception using
+      errcode = 'invalid_parameter_value',
+      message = format('setup_requeue_stalled_tasks_cron: pg_cron refused the schedule %L (%s); '
+                       'the job scheduled before, if any, is kept', cron_interval, sqlerrm),
+      hint = 'pg_cron takes intervals such as ''15 seconds'' from version 1.5 on; before, only '
+             'cron expressions such as ''* * * * *''.';
+  end;
   return format('Scheduled pgflow_requeue_stalled_tasks (every %s, job_id=%s)',
                 cron_interval, v_job_id);
 end;

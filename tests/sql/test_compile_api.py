@@ -13,8 +13,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from pgflow_worker import LocalPostgres
 from pgflow_worker._database import list_migrations, migrate
-from pgflow_worker.errors import MigrationError
+from pgflow_worker._tools.cluster import FAST_SETTINGS
+from pgflow_worker.errors import MigrationError, PostgresNotFound, PostgresStartError
 from tests._stack import Stack
 from tests.sql.catalog import read_catalog
 from tests.sql.concurrency import connections
@@ -384,24 +386,59 @@ def test_the_requeue_cron_set_up_names_pg_cron_when_it_is_missing(conn: Conn) ->
     assert "pg_cron" in (info.value.diag.message_hint or "")
 
 
-def test_the_requeue_cron_set_up_schedules_with_pg_cron(conn: Conn) -> None:
-    available = conn.execute(
-        "select exists (select 1 from pg_available_extensions where name = 'pg_cron')"
-    ).fetchone()
-    if available != (True,):
-        pytest.skip("pg_cron is not available on this server (no package for it here)")
+@pytest.fixture(scope="module")
+def cron_url() -> Iterator[str]:
+    """A database on a server of its own with pg_cron preloaded, migrated, pg_cron created."""
+    settings = {
+        **FAST_SETTINGS,
+        "shared_preload_libraries": "pg_cron",
+        "cron.database_name": "postgres",
+    }
     try:
-        conn.execute("create extension if not exists pg_cron")
-    except psycopg.Error as exc:
-        pytest.skip(f"pg_cron cannot be created in this database: {exc}")
-    row = conn.execute("select pgflow.setup_requeue_stalled_tasks_cron('30 seconds')").fetchone()
-    assert row is not None
-    assert row[0].startswith("Scheduled pgflow_requeue_stalled_tasks")
-    conn.execute("select pgflow.setup_requeue_stalled_tasks_cron()")
-    jobs = conn.execute(
-        "select schedule, command from cron.job where jobname = 'pgflow_requeue_stalled_tasks'"
-    ).fetchall()
-    assert jobs == [("15 seconds", "select pgflow.requeue_stalled_tasks()")]
+        server = LocalPostgres(settings=settings)
+        server.start()
+    except (PostgresNotFound, PostgresStartError) as exc:
+        pytest.skip(f"no PostgreSQL server with pg_cron could start here: {exc}")
+    try:
+        migrate(server.dsn())
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            conn.execute("create extension pg_cron")
+        yield server.dsn()
+    finally:
+        server.stop()
+
+
+def test_the_requeue_cron_set_up_schedules_with_pg_cron(cron_url: str) -> None:
+    with psycopg.connect(cron_url, autocommit=True) as conn:
+        row = conn.execute("select extversion from pg_extension where extname = 'pg_cron'")
+        version = tuple(int(n) for n in str((row.fetchone() or ("0",))[0]).split("-")[0].split("."))
+        jobs = (
+            "select schedule, command from cron.job where jobname = 'pgflow_requeue_stalled_tasks'"
+        )
+        every_minute = conn.execute(
+            "select pgflow.setup_requeue_stalled_tasks_cron('* * * * *')"
+        ).fetchone()
+        assert every_minute is not None
+        assert every_minute[0].startswith(
+            "Scheduled pgflow_requeue_stalled_tasks (every * * * * *, job_id="
+        )
+        conn.execute("select pgflow.setup_requeue_stalled_tasks_cron('*/5 * * * *')")
+        assert conn.execute(jobs).fetchall() == [
+            ("*/5 * * * *", "select pgflow.requeue_stalled_tasks()")
+        ], "the earlier job was replaced"
+
+        if version >= (1, 5):
+            conn.execute("select pgflow.setup_requeue_stalled_tasks_cron()")
+            assert conn.execute(jobs).fetchall() == [
+                ("15 seconds", "select pgflow.requeue_stalled_tasks()")
+            ]
+        else:  # pg_cron before 1.5 (Debian 12's 1.4) has no intervals in seconds
+            with raises_sqlstate("22023", "refused the schedule '15 seconds'") as info:
+                conn.execute("select pgflow.setup_requeue_stalled_tasks_cron()")
+            assert "1.5" in (info.value.diag.message_hint or "")
+            assert conn.execute(jobs).fetchall() == [
+                ("*/5 * * * *", "select pgflow.requeue_stalled_tasks()")
+            ], "the job scheduled before is kept"
 
 
 # -- slugs --------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Flow shapes: compare a flow's definition with the one stored in the database, and reconcile.
+"""Flow shapes: compare a flow's definition with the one stored in the database, and compile it.
 
 A shape is the structure that decides how runs execute: the steps in order, their types and
 dependencies, and their conditions (``whenUnmet``, ``whenExhausted``, both input patterns). It
 is the same JSON pgflow's ``extractFlowShape`` and ``_get_flow_shape`` produce. Options
-(attempts, delays, timeouts) ride along but are not part of the comparison: they can change
-without touching existing runs.
+(attempts, delays, timeouts) ride along, to be stored when the flow is created, but are not
+part of the comparison: once stored they are the database's, tunable in SQL.
 """
 
 from __future__ import annotations
@@ -283,8 +283,8 @@ async def ensure_flow(
     differing from the definition are listed in the result). A stored flow of another shape
     raises :class:`FlowShapeMismatch`, unless the database is a local Supabase stack
     (``pgflow.is_local()``) or ``recompile`` is true: then the flow, its queue and all its runs
-    are deleted and it is created afresh. SQL without ``ensure_flow_compiled`` (pgflow before
-    0.9) gets the same behaviour from Python, under the same lock.
+    are deleted and it is created afresh. SQL without ``ensure_flow_compiled`` (the official
+    0.8.1, whose releases predate it) gets the same behaviour from Python, under the same lock.
     """
     slug = flow.slug
     shape = flow_shape(flow)

@@ -53,8 +53,12 @@ MAX_SLUG_LENGTH = 128
 MAX_FLOW_SLUG_LENGTH = 47
 """pgmq limits queue names to 47 characters, and every flow's queue is named after the flow."""
 
-_SLUG = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_SLUG = re.compile(r"[a-zA-Z]([a-zA-Z0-9_]*[a-zA-Z0-9])?")
 _RESERVED_SLUGS = frozenset({"run"})
+_SLUG_RULES = (
+    "use letters, digits and underscores, starting with a letter, ending with a letter or "
+    "digit, without '__' (pgflow's rules since 0.17)"
+)
 _INT4_MAX = 2_147_483_647
 _MINIMUMS = {"max_attempts": 1, "base_delay": 1, "timeout": 3, "start_delay": 0}
 _MODES: tuple[str, ...] = ("fail", "skip", "skip-cascade")
@@ -511,6 +515,13 @@ class Flow:
             raise self._error(
                 slug, "a step with this slug is already defined (step slugs are unique in a flow)"
             )
+        same = [s for s in self._steps if s.lower() == slug.lower()]
+        if same:
+            raise self._error(
+                slug,
+                f"differs from step {same[0]!r} only in case (step slugs are unique in a flow "
+                "ignoring case)",
+            )
         if not callable(handler):
             raise self._error(slug, f"the handler must be callable, got {type(handler).__name__}")
 
@@ -576,11 +587,9 @@ class Flow:
                 "__name__; pass slug=",
                 flow_slug=self._slug,
             )
-        if not _SLUG.fullmatch(name):
+        if not _SLUG.fullmatch(name) or "__" in name:
             raise self._error(
-                name,
-                "invalid slug (taken from the function's name): use letters, digits and "
-                "underscores, not starting with a digit, or pass slug=",
+                name, f"invalid slug (taken from the function's name): {_SLUG_RULES}, or pass slug="
             )
         return name
 
@@ -648,11 +657,8 @@ def _slug_problem(slug: object) -> str | None:
         return "the slug is empty"
     if len(slug) > MAX_SLUG_LENGTH:
         return f"the slug is {len(slug)} characters long; at most {MAX_SLUG_LENGTH} are allowed"
-    if not _SLUG.fullmatch(slug):
-        return (
-            "invalid slug: use letters, digits and underscores, not starting with a digit "
-            "(pattern ^[a-zA-Z_][a-zA-Z0-9_]*$)"
-        )
+    if not _SLUG.fullmatch(slug) or "__" in slug:
+        return f"invalid slug: {_SLUG_RULES}"
     if slug in _RESERVED_SLUGS:
         return f"{slug!r} is a reserved word and cannot be a slug"
     return None

@@ -1,10 +1,10 @@
-"""Flow shapes: compare a flow's definition with the one stored in the database, and reconcile.
+"""Flow shapes: compare a flow's definition with the one stored in the database, and compile it.
 
 A shape is the structure that decides how runs execute: the steps in order, their types and
 dependencies, and their conditions (``whenUnmet``, ``whenExhausted``, both input patterns). It
 is the same JSON pgflow's ``extractFlowShape`` and ``_get_flow_shape`` produce. Options
-(attempts, delays, timeouts) ride along but are not part of the comparison: they can change
-without touching existing runs.
+(attempts, delays, timeouts) ride along, to be stored when the flow is created, but are not
+part of the comparison: once stored they are the database's, tunable in SQL.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pydantic import JsonValue
 
 from ._compiler import compile_flow
 from ._flow import Flow
-from .errors import FlowShapeMismatch
+from .errors import FlowShapeMismatch, WorkerError
 
 _Cursor = AsyncCursor[tuple[Any, ...]]
 
@@ -89,16 +89,18 @@ FLOW_DEFAULTS: dict[str, int] = {"maxAttempts": 3, "baseDelay": 5, "timeout": 60
 
 @dataclass(frozen=True, slots=True)
 class EnsureResult:
-    """What :func:`ensure_flow` found and did."""
+    """What :func:`ensure_flow` found and did, in the words of pgflow's ``ensure_flow_compiled``."""
 
     flow_slug: str
-    status: Literal["created", "verified", "updated", "recompiled"]
-    """``created``: the flow was missing; ``verified``: it matched; ``updated``: it matched but
-    some options were changed in place; ``recompiled``: its shape differed and it was replaced."""
+    status: Literal["compiled", "verified", "recompiled"]
+    """``compiled``: the flow was missing and was created; ``verified``: it has this shape and
+    was left as stored; ``recompiled``: its shape differed and it was replaced, runs deleted."""
     differences: tuple[str, ...] = ()
     """For ``recompiled``: how the stored shape differed from the definition."""
-    updated_options: tuple[str, ...] = ()
-    """For ``updated``: each option changed, e.g. ``"step 'fetch' timeout: 30 -> 60"``."""
+    kept_options: tuple[str, ...] = ()
+    """For ``verified``: each option stored in the database that differs from the definition
+    and was kept (tuned in SQL, or changed in code since the flow was compiled), e.g.
+    ``"step 'fetch' timeout: 30 in the database, 60 in the definition"``."""
 
 
 def flow_shape(flow: Flow) -> FlowShape:
@@ -273,34 +275,81 @@ def _same_json(a: object, b: object) -> bool:
 async def ensure_flow(
     conn: AsyncConnection[Any], flow: Flow, *, recompile: bool = False
 ) -> EnsureResult:
-    """Make the database hold ``flow`` as defined, creating, checking or replacing it.
+    """Make the database hold ``flow``: create it, verify it, or (when told to) replace it.
 
-    Runs in one transaction under an advisory lock on the flow, so workers starting together
-    do not race. A missing flow is created. A stored flow of the same shape is kept, with its
-    options brought in line with the definition (an option left unset means pgflow's default).
-    A stored flow of another shape raises :class:`FlowShapeMismatch`, unless ``recompile`` is
-    true: then the flow, its queue and all its runs are deleted and it is created afresh.
+    One call of ``pgflow.ensure_flow_compiled`` does it, in one transaction under pgflow's
+    advisory lock on the flow, so workers starting together compile it once. A stored flow of
+    the same shape is left exactly as stored: options tuned in SQL survive restarts (the ones
+    differing from the definition are listed in the result). A stored flow of another shape
+    raises :class:`FlowShapeMismatch`, unless the database is a local Supabase stack
+    (``pgflow.is_local()``) or ``recompile`` is true: then the flow, its queue and all its runs
+    are deleted and it is created afresh. SQL without ``ensure_flow_compiled`` (the official
+    0.8.1, whose releases predate it) gets the same behaviour from Python, under the same lock.
     """
     slug = flow.slug
+    shape = flow_shape(flow)
     async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
-            "select pg_advisory_xact_lock(hashtext('pgflow:flow:' || %s::text))", (slug,)
+            "select exists (select 1 from pg_proc where proname = 'ensure_flow_compiled'"
+            " and pronamespace = to_regnamespace('pgflow'))"
         )
-        stored = await read_flow_shape(conn, slug)
-        if stored is None:
-            await _create(cur, flow)
-            return EnsureResult(slug, "created")
-        differences = compare_flow_shapes(flow_shape(flow), stored)
-        if differences:
+        row = await cur.fetchone()
+        in_sql = bool(row is not None and row[0])
+        if in_sql:
+            result = await _ensure_in_sql(cur, slug, shape)
+        else:
+            result = await _ensure_in_python(cur, conn, flow, shape)
+        status, differences, kind = result
+        if status == "mismatch":
             if not recompile:
-                raise FlowShapeMismatch(slug, differences)
+                raise FlowShapeMismatch(slug, differences, mismatch_kind=kind)
             await _delete_flow_and_data(cur, slug)
-            await _create(cur, flow)
+            if in_sql:
+                await _ensure_in_sql(cur, slug, shape)
+            else:
+                await _create(cur, flow)
             return EnsureResult(slug, "recompiled", differences=tuple(differences))
-        changes = await _sync_options(cur, flow, stored)
-        if changes:
-            return EnsureResult(slug, "updated", updated_options=tuple(changes))
-        return EnsureResult(slug, "verified")
+        if status == "verified":
+            kept = await _option_differences(conn, flow)
+            return EnsureResult(slug, "verified", kept_options=tuple(kept))
+        if status == "compiled":
+            return EnsureResult(slug, "compiled")
+        if status == "recompiled":  # by ensure_flow_compiled itself, on a local stack
+            return EnsureResult(slug, "recompiled", differences=tuple(differences))
+        raise WorkerError(f"ensure_flow_compiled returned an unknown status {status!r}")
+
+
+async def _ensure_in_sql(cur: _Cursor, slug: str, shape: FlowShape) -> tuple[str, list[str], str]:
+    # Two arguments: every version of ensure_flow_compiled takes them (0.17 defaults the rest).
+    await cur.execute(
+        "select pgflow.ensure_flow_compiled(%s, %s::jsonb)", (slug, json.dumps(shape))
+    )
+    row = await cur.fetchone()
+    answer = row[0] if row is not None else None
+    if isinstance(answer, str):
+        answer = json.loads(answer)
+    if not isinstance(answer, dict):
+        raise WorkerError(f"ensure_flow_compiled returned {answer!r}, not an object")
+    differences = [str(d) for d in answer.get("differences") or []]
+    return str(answer.get("status")), differences, str(answer.get("mismatchKind") or "shape")
+
+
+async def _ensure_in_python(
+    cur: _Cursor, conn: AsyncConnection[Any], flow: Flow, shape: FlowShape
+) -> tuple[str, list[str], str]:
+    """``ensure_flow_compiled`` for SQL that lacks it (never recompiles: that is the caller's)."""
+    await cur.execute(_LOCK, (flow.slug,))
+    stored = await read_flow_shape(conn, flow.slug)
+    if stored is None:
+        await _create(cur, flow)
+        return "compiled", [], "shape"
+    differences = compare_flow_shapes(shape, stored)
+    return ("mismatch" if differences else "verified"), differences, "shape"
+
+
+#: pgflow's advisory lock on a flow's definition (``ensure_flow_compiled`` and ``create_flow``
+#: take it too), held until the transaction ends.
+_LOCK = "select pg_advisory_xact_lock(1, hashtext(lower(%s::text)))"
 
 
 async def _create(cur: _Cursor, flow: Flow) -> None:
@@ -309,7 +358,12 @@ async def _create(cur: _Cursor, flow: Flow) -> None:
 
 
 async def _delete_flow_and_data(cur: _Cursor, slug: str) -> None:
-    """Everything pgflow holds for the flow, in foreign-key order, and its pgmq queue."""
+    """``pgflow.delete_flow_and_data`` where the SQL has it, else the same deletes here."""
+    await cur.execute("select to_regprocedure('pgflow.delete_flow_and_data(text)') is not null")
+    row = await cur.fetchone()
+    if row is not None and row[0]:
+        await cur.execute("select pgflow.delete_flow_and_data(%s)", (slug,))
+        return
     for table in ("step_tasks", "step_states", "runs", "deps", "steps", "flows"):
         await cur.execute(
             sql.SQL("delete from pgflow.{} where flow_slug = %s").format(sql.Identifier(table)),
@@ -320,58 +374,33 @@ async def _delete_flow_and_data(cur: _Cursor, slug: str) -> None:
     )
 
 
-async def _sync_options(cur: _Cursor, flow: Flow, stored: FlowShape) -> list[str]:
-    """Update the stored options that differ from the definition; describe each change."""
-    changes: list[str] = []
+async def _option_differences(conn: AsyncConnection[Any], flow: Flow) -> list[str]:
+    """Each stored option that differs from the definition (an unset flow option means
+    pgflow's default), described for the log."""
+    stored = await read_flow_shape(conn, flow.slug)
+    if stored is None:
+        return []
+    out: list[str] = []
     stored_flow = _ints(stored.get("options", {}))
-    assignments: list[tuple[str, int]] = []
     for key, attr in _FLOW_OPTIONS:
         wanted = getattr(flow.options, attr)
         if wanted is None:
             wanted = FLOW_DEFAULTS[key]
         current = stored_flow.get(key)
         if current != wanted:
-            assignments.append((attr, wanted))
-            changes.append(f"flow {attr}: {current} -> {wanted}")
-    if assignments:
-        await cur.execute(
-            sql.SQL("update pgflow.flows set {} where flow_slug = %s").format(
-                sql.SQL(", ").join(
-                    sql.SQL("{} = {}").format(sql.Identifier(f"opt_{attr}"), sql.Literal(value))
-                    for attr, value in assignments
-                )
-            ),
-            (flow.slug,),
-        )
-
+            out.append(f"flow {attr}: {current} in the database, {wanted} in the definition")
     stored_steps = {s["slug"]: _ints(s.get("options", {})) for s in stored["steps"]}
     for step in flow.steps:
-        current_options = stored_steps[step.slug]
-        step_assignments: list[tuple[str, int | None]] = []
+        current_options = stored_steps.get(step.slug, {})
         for key, attr in _STEP_OPTIONS:
             wanted_step = getattr(step.options, attr)
             current = current_options.get(key)
             if current != wanted_step:
-                step_assignments.append((attr, wanted_step))
-                changes.append(
-                    f"step {step.slug!r} {attr}: {_option(current)} -> {_option(wanted_step)}"
+                out.append(
+                    f"step {step.slug!r} {attr}: {_option(current)} in the database, "
+                    f"{_option(wanted_step)} in the definition"
                 )
-        if step_assignments:
-            await cur.execute(
-                sql.SQL(
-                    "update pgflow.steps set {} where flow_slug = %s and step_slug = %s"
-                ).format(
-                    sql.SQL(", ").join(
-                        sql.SQL("{} = {}").format(
-                            sql.Identifier(f"opt_{attr}"),
-                            sql.SQL("null") if value is None else sql.Literal(value),
-                        )
-                        for attr, value in step_assignments
-                    )
-                ),
-                (flow.slug, step.slug),
-            )
-    return changes
+    return out
 
 
 def _ints(options: Mapping[str, object]) -> dict[str, int]:

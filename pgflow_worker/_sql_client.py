@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +29,16 @@ __all__ = [
     "configure_connection",
 ]
 
+
+def _worker_version() -> str:
+    try:
+        return f"pgflow-py/{metadata.version('pgflow-py')}"
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "pgflow-py"
+
+
+#: What a worker writes in ``pgflow.workers.pgflow_version``.
+WORKER_VERSION = _worker_version()
 
 # Enough digits that orjson may round the number (it reads integers past 64 bits as floats).
 _LONG_NUMBER = re.compile(rb"[0-9]{16}")
@@ -192,6 +203,8 @@ class PgflowSqlClient:
         self.stats = stats if stats is not None else SqlCallStats()
         self._legacy_input: bool | None = None
         self._has_stopped_at = True
+        self._has_pgflow_version = False
+        self._has_track_worker_function = False
 
     @property
     def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
@@ -214,12 +227,42 @@ class PgflowSqlClient:
                 " and attname = 'stopped_at' and not attisdropped)"
             )
             stopped = await cur.fetchone()
+            cur = await conn.execute(
+                "select exists (select 1 from pg_attribute"
+                " where attrelid = to_regclass('pgflow.workers')"
+                " and attname = 'pgflow_version' and not attisdropped),"
+                " to_regprocedure('pgflow.track_worker_function(text,text)') is not null"
+            )
+            tracking = await cur.fetchone()
         self._legacy_input = not (row and row[0])
         self._has_stopped_at = bool(stopped and stopped[0])
+        self._has_pgflow_version = bool(tracking and tracking[0])
+        self._has_track_worker_function = bool(tracking and tracking[1])
         return self._legacy_input
 
-    async def register_worker(self, worker_id: uuid.UUID, queue: str, function_name: str) -> None:
+    async def track_worker_function(self, function_name: str) -> bool:
+        """Register the kind of worker as one that starts itself (``start_mode`` 'process'),
+        as pgflow's workers do since 0.15; False on older SQL, which has nowhere to."""
+        if not self._has_track_worker_function:
+            return False
         async with self._pool.connection() as conn:
+            await conn.execute(
+                "select pgflow.track_worker_function(%s, 'process')", (function_name,)
+            )
+        return True
+
+    async def register_worker(self, worker_id: uuid.UUID, queue: str, function_name: str) -> None:
+        """Insert the worker's row, with its ``pgflow_version`` where the SQL has the column."""
+        async with self._pool.connection() as conn:
+            if self._has_pgflow_version:
+                await conn.execute(
+                    "insert into pgflow.workers"
+                    " (worker_id, queue_name, function_name, pgflow_version)"
+                    " values (%s, %s, %s, %s)"
+                    " on conflict (worker_id) do update set last_heartbeat_at = now()",
+                    (worker_id, queue, function_name, WORKER_VERSION),
+                )
+                return
             await conn.execute(
                 "insert into pgflow.workers (worker_id, queue_name, function_name)"
                 " values (%s, %s, %s)"

@@ -199,10 +199,27 @@ class FlowWorker:
             await pool.close()
 
     async def _prepare(self, client: PgflowSqlClient) -> None:
+        # pgflow's order: the flow first, so a worker that cannot compile registers nothing.
         async with client.pool.connection() as conn:
             result = await ensure_flow(conn, self.flow, recompile=self.settings.recompile)
-        log.info("flow %r: %s", self.flow.slug, result.status)
+        if result.differences:
+            log.warning(
+                "flow %r: %s, its runs deleted; it differed: %s",
+                self.flow.slug,
+                result.status,
+                "; ".join(result.differences),
+            )
+        else:
+            log.info("flow %r: %s", self.flow.slug, result.status)
+        if result.kept_options:
+            log.info(
+                "flow %r: options in the database differ from the definition and were kept "
+                "(recompile, or update them in SQL, to change them): %s",
+                self.flow.slug,
+                "; ".join(result.kept_options),
+            )
         await client.detect_flavour()
+        await client.track_worker_function(self.settings.function_name)
         await client.register_worker(self.worker_id, self.flow.slug, self.settings.function_name)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[Callable[[], None]]:

@@ -42,14 +42,19 @@ class FlowDefinitionError(PgflowError, ValueError):
 class FlowShapeMismatch(PgflowError):
     """The flow stored in the database differs from the one the worker was given."""
 
-    def __init__(self, flow_slug: str, differences: Sequence[str]) -> None:
+    def __init__(
+        self, flow_slug: str, differences: Sequence[str], *, mismatch_kind: str = "shape"
+    ) -> None:
         self.flow_slug = flow_slug
         self.differences = list(differences)
+        self.mismatch_kind = mismatch_kind
+        """pgflow's ``mismatchKind``: ``shape`` (steps, dependencies, conditions) or
+        ``routing`` (queues, with pgflow 0.17's per-step queues)."""
         listing = "\n".join(f"  - {d}" for d in self.differences)
         super().__init__(
             f"flow {flow_slug!r} in the database differs from the definition:\n{listing}\n"
-            "Start the worker with recompile=True (CLI: --recompile) to replace the stored "
-            "definition; this deletes the flow's runs."
+            "Nothing was changed. Start the worker with recompile=True (CLI: --recompile) to "
+            "replace the stored definition; this deletes the flow's runs."
         )
 
 

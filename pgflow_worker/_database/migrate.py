@@ -128,10 +128,23 @@ def _apply(conn: psycopg.Connection[Any], migration: Migration) -> bool:
                 (migration.version, migration.name, migration.checksum),
             )
     except psycopg.Error as exc:
+        said = [str(exc).strip()]
+        said += [f"{label}: {text}" for label, text in _diagnostics(exc) if text not in said[0]]
         raise MigrationError(
-            f"migration {migration.path.name} failed and was rolled back: {exc}"
+            f"migration {migration.path.name} failed and was rolled back: " + "\n".join(said)
         ) from exc
     return True
+
+
+def _diagnostics(exc: psycopg.Error) -> list[tuple[str, str]]:
+    """The DETAIL and HINT of a database error (a migration refusing to run explains itself
+    there)."""
+    diag = exc.diag
+    return [
+        (label, text)
+        for label, text in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint))
+        if text
+    ]
 
 
 def _applied(conn: psycopg.Connection[Any], baseline: Migration) -> dict[str, str]:

@@ -10,3 +10,6 @@ create table pgflow.flows (
   constraint opt_base_delay_is_nonnegative check (opt_base_delay >= 0),
   constraint opt_timeout_is_positive check (opt_timeout > 0)
 );
+
+-- Slugs are unique ignoring case, as in pgflow 0.17.
+create unique index idx_flows_normalized_slug on pgflow.flows (lower(flow_slug));

@@ -38,3 +38,6 @@ create table pgflow.steps (
   constraint when_unmet_is_valid check (when_unmet in ('fail', 'skip', 'skip-cascade')),
   constraint when_exhausted_is_valid check (when_exhausted in ('fail', 'skip', 'skip-cascade'))
 );
+
+-- Step slugs are unique in their flow ignoring case, as in pgflow 0.17.
+create unique index idx_steps_normalized_slug on pgflow.steps (flow_slug, lower(step_slug));

@@ -36,8 +36,8 @@ begin
       errcode = 'check_violation',
       message = format('add_step: %s is not a valid step slug (flow %L)',
                        coalesce(quote_literal(add_step.step_slug), 'NULL'), add_step.flow_slug),
-      hint = 'A slug has 1 to 128 letters, digits or underscores, does not start with a digit, '
-             'and is not "run".';
+      hint = 'A slug has 1 to 128 letters, digits or underscores, starts with a letter, ends '
+             'with a letter or digit, has no "__", and is not "run".';
   end if;
 
   select * into v_step

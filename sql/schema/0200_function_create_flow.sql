@@ -11,14 +11,15 @@ set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_flow pgflow.flows;
+  v_other text;
 begin
   if not pgflow.is_valid_slug(create_flow.flow_slug) then
     raise exception using
       errcode = 'check_violation',
       message = format('create_flow: %s is not a valid flow slug',
                        coalesce(quote_literal(create_flow.flow_slug), 'NULL')),
-      hint = 'A slug has 1 to 128 letters, digits or underscores, does not start with a digit, '
-             'and is not "run".';
+      hint = 'A slug has 1 to 128 letters, digits or underscores, starts with a letter, ends '
+             'with a letter or digit, has no "__", and is not "run".';
   end if;
   if length(create_flow.flow_slug) > 47 then
     raise exception using
@@ -34,7 +35,19 @@ begin
                        create_flow.max_attempts, create_flow.base_delay, create_flow.timeout);
   end if;
 
-  perform pg_advisory_xact_lock(hashtext('pgflow:flow:' || create_flow.flow_slug));
+  -- pgflow's lock key for everything that defines a flow (ensure_flow_compiled takes it too).
+  perform pg_advisory_xact_lock(1, hashtext(lower(create_flow.flow_slug)));
+
+  select f.flow_slug into v_other
+    from pgflow.flows as f
+   where lower(f.flow_slug) = lower(create_flow.flow_slug)
+     and f.flow_slug <> create_flow.flow_slug;
+  if found then
+    raise exception using
+      errcode = 'unique_violation',
+      message = format('create_flow: flow %L differs from the existing flow %L only in case; '
+                       'flow slugs are unique ignoring case', create_flow.flow_slug, v_other);
+  end if;
 
   insert into pgflow.flows as f (flow_slug, opt_max_attempts, opt_base_delay, opt_timeout)
   values (create_flow.flow_slug,

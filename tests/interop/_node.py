@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -285,10 +285,23 @@ class NodeTaskLoop:
 
     FUNCTION_NAME = "pgflow-core-task-loop"
 
-    def __init__(self, dsn: str, flow_slug: str, **settings: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        flow_slug: str,
+        *,
+        shape: Mapping[str, Any] | None = None,
+        pgflow_version: str | None = None,
+        **settings: int,
+    ) -> None:
+        """``shape`` given, the loop starts as pgflow 0.17's worker does: it compiles the flow
+        (``ensure_flow_compiled``), registers (``track_worker_function``) and writes
+        ``pgflow_version`` in its worker row."""
         self.dsn = dsn
         self.flow_slug = flow_slug
-        self.settings = settings
+        self.settings: dict[str, Any] = dict(settings)
+        if shape is not None:
+            self.settings.update(shape=shape, pgflow_version=pgflow_version)
         self._log: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.summary: dict[str, Any] | None = None

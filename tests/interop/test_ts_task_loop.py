@@ -2,7 +2,8 @@
 
 ``js/task_loop.mjs`` is the Node side of the worker benchmark. Here it must complete every run
 of a chain and of a root map followed by a step, on our SQL (whose ``start_tasks`` rows carry
-an extra ``flow_input`` column) as on the official one.
+an extra ``flow_input`` column) as on the official one; and, on our SQL, start as pgflow 0.17's
+worker does, through the compile and worker-tracking functions.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from pgflow_worker import compile_flow
-from tests.interop._node import NodeTaskLoop
+from pgflow_worker import compile_flow, flow_shape
+from tests.interop._node import NodeError, NodeTaskLoop
 from tests.interop.flows import CHAIN, ROOT_MAP
 
 pytestmark = pytest.mark.usefixtures("ts_packages")
@@ -71,3 +72,49 @@ def test_pgflow_sql_client_loop_completes_runs(any_db_url: str) -> None:
     [(_, status, output)] = [row for row in outputs if row[0] == ROOT_MAP.flow.slug]
     assert status == "completed"
     assert output == {"total": {"step": "total"}}
+
+
+def test_the_loop_starts_as_pgflow_0_17_workers_do_on_our_sql(db_url: str) -> None:
+    """Through its own ``sql`` connection: ensure_flow_compiled (two loops starting together
+    compile once), track_worker_function, a workers row with pgflow_version, then the runs."""
+    shape = flow_shape(CHAIN.flow)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        loops = [
+            NodeTaskLoop(db_url, CHAIN.flow.slug, shape=shape, pgflow_version="0.17.1")
+            for _ in range(2)
+        ]
+        with loops[0], loops[1]:
+            for loop in loops:
+                loop.wait_registered(conn, TIMEOUT)
+            for i in range(RUNS):
+                conn.execute("select pgflow.start_flow(%s, %s)", (CHAIN.flow.slug, Jsonb({"i": i})))
+            wait_until_finished(conn, loops[0])
+            summaries = [loop.stop() for loop in loops]
+        assert sorted(s["compiled"] for s in summaries) == ["compiled", "verified"]
+        assert sum(s["completed"] for s in summaries) == RUNS * 3
+        assert conn.execute(
+            "select function_name, start_mode from pgflow.worker_functions"
+        ).fetchall() == [(NodeTaskLoop.FUNCTION_NAME, "process")]
+        assert conn.execute("select distinct pgflow_version from pgflow.workers").fetchall() == [
+            ("0.17.1",)
+        ]
+        assert conn.execute(
+            "select count(*) from pgflow.runs where status = 'completed'"
+        ).fetchone() == (RUNS,)
+
+
+def test_the_loop_refuses_to_start_on_a_changed_flow(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in compile_flow(CHAIN.flow):
+            conn.execute(statement.encode())
+        changed = flow_shape(ROOT_MAP.flow)
+        loop = NodeTaskLoop(db_url, CHAIN.flow.slug, shape=changed)
+        with loop, pytest.raises(NodeError) as stopped:
+            loop.wait_registered(conn, TIMEOUT)
+        assert "exited with code 3" in str(stopped.value)
+        assert f"flow {CHAIN.flow.slug} differs: Step count differs" in str(stopped.value)
+        assert conn.execute("select count(*) from pgflow.workers").fetchone() == (0,)
+        assert conn.execute("select count(*) from pgflow.worker_functions").fetchone() == (0,)
+        assert conn.execute(
+            "select count(*) from pgflow.steps where flow_slug = %s", (CHAIN.flow.slug,)
+        ).fetchone() == (len(CHAIN.flow.steps),)

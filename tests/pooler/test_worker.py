@@ -166,7 +166,7 @@ async def test_workers_starting_together_register_the_flow_once(
     messages = [r.getMessage() for r in caplog.records]
     statuses = sorted(m for m in messages if m.startswith("flow 'pooled_together'"))
     assert statuses == [
-        "flow 'pooled_together': created",
+        "flow 'pooled_together': compiled",
         *["flow 'pooled_together': verified"] * 3,
     ]
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:

@@ -108,13 +108,19 @@ def test_every_function_pins_its_search_path(db_url: str) -> None:
 
 
 def test_snapshot_rpcs_are_security_definer(db_url: str) -> None:
+    """The two snapshot RPCs, and the pg_cron set-up (as in pgflow: scheduling needs the
+    owner's rights on the cron schema), and nothing else."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
             "select p.proname, p.prosecdef from pg_proc p"
             " where p.pronamespace = 'pgflow'::regnamespace and p.prosecdef"
             " order by 1"
         ).fetchall()
-        assert rows == [("get_run_with_states", True), ("start_flow_with_states", True)]
+        assert rows == [
+            ("get_run_with_states", True),
+            ("setup_requeue_stalled_tasks_cron", True),
+            ("start_flow_with_states", True),
+        ]
 
 
 def test_client_role_with_rpc_grants_only(stranger: tuple[Conn, str]) -> None:

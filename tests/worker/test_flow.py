@@ -237,8 +237,44 @@ def test_invalid_flow_slugs(slug: str, rule: str) -> None:
 
 def test_flow_slug_limits_are_inclusive() -> None:
     assert Flow("x" * 47).slug == "x" * 47
-    assert Flow("_private").slug == "_private"
     assert Flow("Mixed_Case_9").slug == "Mixed_Case_9"
+    assert Flow("a").slug == "a"
+
+
+@pytest.mark.parametrize("slug", ["_private", "trailing_", "a__b", "_", "9lives", "has-dash"])
+def test_flow_slugs_follow_pgflow_0_17_rules(slug: str) -> None:
+    with pytest.raises(FlowDefinitionError) as info:
+        Flow(slug)
+    message = str(info.value)
+    assert message.startswith(f"flow {slug!r}: invalid slug")
+    assert "starting with a letter, ending with a letter or digit, without '__'" in message
+
+
+@pytest.mark.parametrize("slug", ["_private", "trailing_", "a__b"])
+def test_step_slugs_follow_pgflow_0_17_rules(slug: str) -> None:
+    with pytest.raises(FlowDefinitionError) as info:
+        Flow("f").step(lambda input: input, slug=slug)
+    assert str(info.value).startswith(f"flow 'f', step {slug!r}: invalid slug")
+    assert info.value.step_slug == slug
+
+
+def test_handler_names_that_break_the_rules_need_a_slug() -> None:
+    def _helper(input: Any) -> Any: ...
+
+    with pytest.raises(FlowDefinitionError, match=r"taken from the function's name.*pass slug="):
+        Flow("f").step(_helper)
+    flow = Flow("f")
+    flow.step(_helper, slug="helper")
+    assert [s.slug for s in flow.steps] == ["helper"]
+
+
+def test_step_slugs_are_unique_ignoring_case() -> None:
+    flow = Flow("f")
+    flow.step(lambda input: input, slug="fetch")
+    with pytest.raises(FlowDefinitionError) as info:
+        flow.step(lambda input: input, slug="Fetch")
+    assert "differs from step 'fetch' only in case" in str(info.value)
+    assert info.value.step_slug == "Fetch"
 
 
 def test_non_string_flow_slug() -> None:

@@ -269,7 +269,7 @@ async def _step_options(conn: psycopg.AsyncConnection[Any], slug: str) -> list[A
 
 async def test_ensure_creates_then_verifies(core: psycopg.AsyncConnection[Any]) -> None:
     flow = website_flow()
-    assert await ensure_flow(core, flow) == EnsureResult("analyze_website", "created")
+    assert await ensure_flow(core, flow) == EnsureResult("analyze_website", "compiled")
     stored = await read_flow_shape(core, flow.slug)
     assert stored is not None
     assert compare_flow_shapes(flow_shape(flow), stored) == []
@@ -277,42 +277,47 @@ async def test_ensure_creates_then_verifies(core: psycopg.AsyncConnection[Any]) 
     assert await ensure_flow(core, flow) == EnsureResult("analyze_website", "verified")
 
 
-async def test_ensure_updates_options_in_place(core: psycopg.AsyncConnection[Any]) -> None:
+async def test_ensure_keeps_the_stored_options(core: psycopg.AsyncConnection[Any]) -> None:
+    """Options are used when the flow is compiled and never after: tuned in SQL, or changed in
+    code, the stored ones stay, and the result says which differ from the definition."""
     await ensure_flow(core, website_flow())
-    cur = await core.execute("select pgflow.start_flow('analyze_website', '{}'::jsonb)")
-    run_before = await cur.fetchone()
-
-    tuned = Flow("analyze_website", max_attempts=7, timeout=20)
-    tuned.step(_identity, slug="website", start_delay=4)
-    tuned.step(_identity, slug="sentiment", depends_on=["website"], max_attempts=5)
-    tuned.step(_identity, slug="summary", depends_on=["website"], base_delay=9)
-    tuned.step(_identity, slug="save_to_db", depends_on=["summary", "sentiment"])
-
-    result = await ensure_flow(core, tuned)
-    assert result.status == "updated"
-    assert result.updated_options == (
-        "flow max_attempts: 3 -> 7",
-        "flow timeout: 60 -> 20",
-        "step 'website' start_delay: unset -> 4",
-        "step 'sentiment' timeout: 30 -> unset",
-        "step 'summary' base_delay: unset -> 9",
+    await core.execute("select pgflow.start_flow('analyze_website', '{}'::jsonb)")
+    await core.execute(
+        "update pgflow.flows set opt_max_attempts = 8 where flow_slug = 'analyze_website'"
     )
-    assert await _flow_row(core, "analyze_website") == (7, 5, 20)
+    await core.execute(
+        "update pgflow.steps set opt_timeout = 90"
+        " where flow_slug = 'analyze_website' and step_slug = 'sentiment'"
+    )
+    tuned_in_sql = [
+        "flow max_attempts: 8 in the database, 3 in the definition",
+        "step 'sentiment' timeout: 90 in the database, 30 in the definition",
+    ]
+    result = await ensure_flow(core, website_flow())
+    assert result == EnsureResult("analyze_website", "verified", kept_options=tuple(tuned_in_sql))
+
+    changed_in_code = Flow("analyze_website", timeout=20)
+    changed_in_code.step(_identity, slug="website", start_delay=4)
+    changed_in_code.step(_identity, slug="sentiment", depends_on=["website"], max_attempts=5)
+    changed_in_code.step(_identity, slug="summary", depends_on=["website"])
+    changed_in_code.step(_identity, slug="save_to_db", depends_on=["summary", "sentiment"])
+    result = await ensure_flow(core, changed_in_code)
+    assert result.status == "verified"
+    assert result.kept_options == (
+        "flow max_attempts: 8 in the database, 3 in the definition",
+        "flow timeout: 60 in the database, 20 in the definition",
+        "step 'website' start_delay: unset in the database, 4 in the definition",
+        "step 'sentiment' timeout: 90 in the database, unset in the definition",
+    )
+    assert await _flow_row(core, "analyze_website") == (8, 5, 60)
     assert await _step_options(core, "analyze_website") == [
-        ("website", None, None, None, 4),
-        ("sentiment", 5, None, None, None),
-        ("summary", None, 9, None, None),
+        ("website", None, None, None, None),
+        ("sentiment", 5, None, 90, None),
+        ("summary", None, None, None, None),
         ("save_to_db", None, None, None, None),
     ]
     cur = await core.execute("select count(*) from pgflow.runs")
-    assert await cur.fetchone() == (1,), "an options update keeps the runs"
-    assert run_before is not None
-
-    assert (await ensure_flow(core, tuned)).status == "verified"
-    back = await ensure_flow(core, website_flow())
-    assert back.status == "updated"
-    assert "flow max_attempts: 7 -> 3" in back.updated_options
-    assert await _flow_row(core, "analyze_website") == (3, 5, 60)
+    assert await cur.fetchone() == (1,)
 
 
 async def test_ensure_refuses_a_different_shape(core: psycopg.AsyncConnection[Any]) -> None:
@@ -330,7 +335,9 @@ async def test_ensure_refuses_a_different_shape(core: psycopg.AsyncConnection[An
         "Step at index 2: missing in first shape (second has 'summary')",
         "Step at index 3: missing in first shape (second has 'save_to_db')",
     ]
+    assert info.value.mismatch_kind == "shape"
     assert "recompile" in str(info.value)
+    assert "Nothing was changed" in str(info.value)
     assert await _flow_row(core, "analyze_website") == (3, 5, 60), "nothing changed"
     stored = await read_flow_shape(core, "analyze_website")
     assert stored is not None
@@ -403,14 +410,14 @@ async def test_ensure_inside_a_caller_transaction(core_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(core_url) as conn:
         await conn.execute("select 1")  # the caller's transaction is open
         result = await ensure_flow(conn, map_flow())
-        assert result.status == "created"
+        assert result.status == "compiled"
         await conn.rollback()
         assert await read_flow_shape(conn, "fan_out") is None, "the caller's rollback wins"
 
 
 async def test_workers_starting_together_do_not_race(core_url: str) -> None:
+    """Both wait on pgflow's lock on the flow; the first compiles it, the second verifies."""
     flow = website_flow()
-    lock_key = "pgflow:flow:" + flow.slug
     connect = psycopg.AsyncConnection.connect
     async with (
         await connect(core_url, autocommit=True) as holder,
@@ -418,12 +425,14 @@ async def test_workers_starting_together_do_not_race(core_url: str) -> None:
         await connect(core_url, autocommit=True) as second,
     ):
         async with holder.transaction():
-            await holder.execute("select pg_advisory_xact_lock(hashtext(%s::text))", (lock_key,))
+            await holder.execute(
+                "select pg_advisory_xact_lock(1, hashtext(lower(%s::text)))", (flow.slug,)
+            )
             tasks = [asyncio.create_task(ensure_flow(c, flow)) for c in (first, second)]
             await _wait_for_lock_waiters(holder, 2)
             assert not any(t.done() for t in tasks)
         results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
-    assert sorted(r.status for r in results) == ["created", "verified"]
+    assert sorted(r.status for r in results) == ["compiled", "verified"]
 
 
 async def _wait_for_lock_waiters(conn: psycopg.AsyncConnection[Any], count: int) -> None:
@@ -509,13 +518,15 @@ async def test_conditions_round_trip_through_the_database(
     aconn: psycopg.AsyncConnection[Any],
 ) -> None:
     flow = conditional_flow()
-    assert (await ensure_flow(aconn, flow)).status == "created"
+    assert (await ensure_flow(aconn, flow)).status == "compiled"
     stored = await read_flow_shape(aconn, "conditional")
     assert stored is not None
     assert stored["steps"] == flow_shape(flow)["steps"]
     assert (await ensure_flow(aconn, flow)).status == "verified"
     tuned = conditional_flow(items={"timeout": 20})
-    assert (await ensure_flow(aconn, tuned)).updated_options == ("step 'items' timeout: 10 -> 20",)
+    assert (await ensure_flow(aconn, tuned)).kept_options == (
+        "step 'items' timeout: 10 in the database, 20 in the definition",
+    )
 
 
 @pytest.mark.parametrize(
@@ -531,15 +542,15 @@ async def test_conditions_round_trip_through_the_database(
         ),
         (
             {"gate": {"if_": {"plan": "free", "n": 1}}},
+            # compared in SQL, as jsonb, whose key order is its own
             "Step at index 0: requiredInputPattern differs "
-            '\'{"defined": true, "value": {"plan": "free", "n": 1}}\' vs '
-            # read back from jsonb, whose key order is its own
-            '\'{"defined": true, "value": {"n": 1, "plan": "pro"}}\'',
+            '\'{"value": {"n": 1, "plan": "free"}, "defined": true}\' vs '
+            '\'{"value": {"n": 1, "plan": "pro"}, "defined": true}\'',
         ),
         (
             {"each": {"if_not": None}},
             "Step at index 2: forbiddenInputPattern differs "
-            '\'{"defined": false}\' vs \'{"defined": true, "value": {"items": []}}\'',
+            '\'{"defined": false}\' vs \'{"value": {"items": []}, "defined": true}\'',
         ),
     ],
     ids=["when_unmet", "when_exhausted", "if", "if_not"],

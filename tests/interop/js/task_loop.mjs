@@ -7,8 +7,12 @@
 // usage: node task_loop.mjs '{"dsn": "...", "flow_slug": "...", ...}'
 //   max_concurrent (10), max_pg_connections (4), batch_size (10), visibility_timeout (5),
 //   max_poll_seconds (2), poll_interval_ms (100): the Edge Worker's flow-worker defaults.
+//   shape: the flow's shape; given, the loop starts as pgflow 0.17's worker does, through the
+//   same `sql` connection: pgflow.ensure_flow_compiled (a mismatch ends it with an error),
+//   pgflow.track_worker_function(name, 'process'), then its workers row with pgflow_version.
+//   pgflow_version (null): what it writes there.
 // Runs until SIGTERM or stdin closes, then finishes its batch and prints one JSON line:
-//   {worker_id, completed, failed, polls}
+//   {worker_id, completed, failed, polls, compiled}
 import { randomUUID } from 'node:crypto';
 import postgres from 'postgres';
 import { PgflowSqlClient } from '@pgflow/core';
@@ -75,9 +79,26 @@ async function execute(task) {
   }
 }
 
-await sql`
-  insert into pgflow.workers (worker_id, queue_name, function_name)
-  values (${workerId}, ${config.flow_slug}, 'pgflow-core-task-loop')`;
+const FUNCTION_NAME = 'pgflow-core-task-loop';
+let compiled = null;
+if (config.shape) {
+  const [{ result }] = await sql`
+    select pgflow.ensure_flow_compiled(${config.flow_slug}, ${sql.json(config.shape)}) as result`;
+  compiled = result.status;
+  if (compiled === 'mismatch') {
+    console.error(`flow ${config.flow_slug} differs: ${result.differences.join('; ')}`);
+    await sql.end({ timeout: 5 });
+    process.exit(3);
+  }
+  await sql`select pgflow.track_worker_function(${FUNCTION_NAME}, 'process')`;
+  await sql`
+    insert into pgflow.workers (worker_id, queue_name, function_name, pgflow_version)
+    values (${workerId}, ${config.flow_slug}, ${FUNCTION_NAME}, ${config.pgflow_version ?? null})`;
+} else {
+  await sql`
+    insert into pgflow.workers (worker_id, queue_name, function_name)
+    values (${workerId}, ${config.flow_slug}, ${FUNCTION_NAME})`;
+}
 
 let lastHeartbeat = Date.now();
 while (!stopping) {
@@ -104,4 +125,6 @@ while (!stopping) {
 }
 
 await sql.end({ timeout: 5 });
-process.stdout.write(JSON.stringify({ worker_id: workerId, completed, failed, polls }) + '\n');
+process.stdout.write(
+  JSON.stringify({ worker_id: workerId, completed, failed, polls, compiled }) + '\n',
+);

@@ -20,6 +20,7 @@ from tests.sql.helpers import (
     Conn,
     Task,
     archived_ids,
+    backdate_started,
     complete,
     define_flow,
     event_names,
@@ -36,6 +37,7 @@ from tests.sql.helpers import (
     task_rows,
 )
 from tests.sql.test_conditions import create_flow, statuses, step
+from tests.sql.test_retries import requeue
 
 
 @pytest.fixture
@@ -46,12 +48,6 @@ def conn(db_url: str) -> Iterator[Conn]:
 
 def by_key(conn: Conn, run_id: uuid.UUID) -> dict[tuple[str, int], dict[str, Any]]:
     return {(r["step_slug"], r["task_index"]): r for r in task_rows(conn, run_id)}
-
-
-def requeue(conn: Conn) -> int:
-    row = conn.execute("select pgflow.requeue_stalled_tasks()").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 # -- statuses ---------------------------------------------------------------------------------
@@ -268,11 +264,7 @@ def test_requeue_clears_the_worker(conn: Conn) -> None:
     run_id = start_flow(conn, "f", {})
     (task,) = read_and_start(conn, "f")
     assert task_row(conn, task)["last_worker_id"] == str(WORKER_ID)
-    conn.execute(
-        "update pgflow.step_tasks set started_at = started_at - interval '40 seconds',"
-        " queued_at = queued_at - interval '40 seconds' where run_id = %s",
-        (run_id,),
-    )
+    backdate_started(conn, run_id, "a", 40)
     assert requeue(conn) == 1
     row = task_row(conn, task)
     assert (row["status"], row["last_worker_id"], row["requeued_count"]) == ("queued", None, 1)
@@ -289,11 +281,8 @@ def test_requeue_leaves_tasks_of_an_ended_step_alone(conn: Conn) -> None:
         " where run_id = %s and step_slug = 'a'",
         (run_id,),
     )
-    conn.execute(
-        "update pgflow.step_tasks set started_at = started_at - interval '40 seconds',"
-        " queued_at = queued_at - interval '40 seconds' where run_id = %s",
-        (run_id,),
-    )
+    for slug in ("a", "b"):
+        backdate_started(conn, run_id, slug, 40)
     assert requeue(conn) == 1
     assert task_row(conn, tasks["a"])["status"] == "started"
     assert task_row(conn, tasks["b"])["status"] == "queued"

@@ -334,8 +334,8 @@ def test_unknown_run_or_task(any_db_url: str) -> None:
 
 def test_finishing_a_task_that_is_not_started(any_db_url: str) -> None:
     """While run and step are active, a report for a queued or already completed task changes
-    nothing, raises nothing and returns the task row as it is, on both cores (as pgflow 0.15.1;
-    ours raised 55000 before). The queued task keeps its message for the worker that claims it."""
+    nothing, raises nothing and returns the task row as it is (ours, as pgflow 0.15.1; 0.8.1
+    returns no row). The queued task keeps its message for the worker that claims it."""
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         define_flow(conn, "f", [("m", [], "map")])
         run_id = start_flow(conn, "f", [1, 2, 3])

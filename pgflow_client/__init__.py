@@ -16,7 +16,7 @@ from ._events import (
 )
 from ._live import LiveRunView, live
 from ._run import FlowRun
-from ._status import FlowRunStatus, FlowStepStatus, SkipReason
+from ._status import FlowRunStatus, FlowStepStatus, FlowTaskStatus, SkipReason
 from ._step import FlowStep
 from ._sync import SyncFlowRun, SyncFlowStep, SyncPgflowClient
 from .errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "FlowRunStatus",
     "FlowStep",
     "FlowStepStatus",
+    "FlowTaskStatus",
     "InvalidFlowInput",
     "InvalidRunData",
     "InvalidRunId",

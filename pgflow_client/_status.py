@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["FlowRunStatus", "FlowStepStatus", "SkipReason"]
+__all__ = ["FlowRunStatus", "FlowStepStatus", "FlowTaskStatus", "SkipReason"]
 
 
 class _RankedStatus(StrEnum):
@@ -45,6 +45,28 @@ class FlowStepStatus(_RankedStatus):
     @property
     def is_terminal(self) -> bool:
         return self not in (FlowStepStatus.CREATED, FlowStepStatus.STARTED)
+
+
+class FlowTaskStatus(StrEnum):
+    """Status of a task (a row of ``pgflow.step_tasks``), for code that reads tasks itself.
+
+    A task is ``queued``, then ``started`` by a worker, and ends ``completed`` or ``failed``
+    (a failed attempt with attempts left goes back to ``queued``). It ends ``skipped`` when its
+    step is skipped, and ``cancelled`` when its run fails while it is queued or started. Not
+    ranked: a retry moves a task back.
+    """
+
+    QUEUED = "queued"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task is done with for good (no attempt can follow)."""
+        return self not in (FlowTaskStatus.QUEUED, FlowTaskStatus.STARTED)
 
 
 class SkipReason(StrEnum):

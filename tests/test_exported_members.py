@@ -39,6 +39,7 @@ EXPECTED = {
         "FlowEvent",
         "FlowNotFound",
         "FlowRunEvent",
+        "FlowTaskStatus",
         "InvalidFlowInput",
         "InvalidRunData",
         "InvalidRunId",

@@ -7,7 +7,7 @@ create table pgflow.deps (
   primary key (flow_slug, dep_slug, step_slug),
   foreign key (flow_slug, dep_slug) references pgflow.steps (flow_slug, step_slug),
   foreign key (flow_slug, step_slug) references pgflow.steps (flow_slug, step_slug),
-  constraint no_self_dependency check (dep_slug <> step_slug)
+  constraint deps_check check (dep_slug <> step_slug)
 );
 
 create index idx_deps_by_flow_step on pgflow.deps (flow_slug, step_slug);

@@ -10,7 +10,7 @@ create table pgflow.runs (
   completed_at timestamptz,
   failed_at timestamptz,
   constraint status_is_valid check (status in ('started', 'failed', 'completed')),
-  constraint remaining_steps_valid check (remaining_steps >= 0),
+  constraint runs_remaining_steps_check check (remaining_steps >= 0),
   constraint completed_at_or_failed_at check (not (completed_at is not null and failed_at is not null)),
   constraint completed_at_is_after_started_at check (completed_at is null or completed_at >= started_at),
   constraint failed_at_is_after_started_at check (failed_at is null or failed_at >= started_at)

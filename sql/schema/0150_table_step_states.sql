@@ -20,16 +20,14 @@ create table pgflow.step_states (
   foreign key (flow_slug, step_slug) references pgflow.steps (flow_slug, step_slug),
   constraint status_is_valid check (
     status in ('created', 'started', 'completed', 'failed', 'skipped')),
-  constraint status_and_remaining_tasks_match check (
-    (status in ('created', 'skipped') and remaining_tasks is null)
-    or (status not in ('created', 'skipped') and (remaining_tasks is not null or status = 'failed'))
-  ),
+  constraint remaining_tasks_state_consistency check (
+    remaining_tasks is null or status not in ('created', 'skipped')),
   constraint remaining_tasks_valid check (remaining_tasks is null or remaining_tasks >= 0),
-  constraint remaining_deps_valid check (remaining_deps >= 0),
-  constraint initial_tasks_nonnegative check (initial_tasks is null or initial_tasks >= 0),
+  constraint step_states_remaining_deps_check check (remaining_deps >= 0),
+  constraint step_states_initial_tasks_check check (initial_tasks is null or initial_tasks >= 0),
   constraint initial_tasks_known_when_started check (status <> 'started' or initial_tasks is not null),
-  constraint completed_means_no_remaining_tasks check (status <> 'completed' or remaining_tasks = 0),
-  constraint output_only_when_completed check (output is null or status = 'completed'),
+  constraint status_and_remaining_tasks_match check (status <> 'completed' or remaining_tasks = 0),
+  constraint output_only_for_completed_or_null check (output is null or status = 'completed'),
   constraint completed_at_or_failed_at_or_skipped_at check (
     num_nonnulls(completed_at, failed_at, skipped_at) <= 1),
   constraint started_at_is_after_created_at check (started_at is null or started_at >= created_at),
@@ -38,9 +36,6 @@ create table pgflow.step_states (
   constraint skip_reason_matches_status check (
     (status = 'skipped' and skip_reason is not null)
     or (status <> 'skipped' and skip_reason is null)),
-  constraint skip_reason_is_valid check (
-    skip_reason is null
-    or skip_reason in ('condition_unmet', 'handler_failed', 'dependency_skipped')),
   constraint skipped_at_matches_status check ((status = 'skipped') = (skipped_at is not null)),
   constraint skipped_at_is_after_created_at check (skipped_at is null or skipped_at >= created_at)
 );

@@ -1,5 +1,7 @@
 -- Step tasks: one row per task of a started step (one for a single step, one per element for
--- a map), tied to its pgmq message; `attempts_count` counts the attempts started.
+-- a map), tied to its pgmq message; `attempts_count` counts the attempts started. A task goes
+-- `queued` -> `started` -> `completed` or `failed` (back to `queued` for a retry); it ends
+-- `skipped` when its step is skipped and `cancelled` when its run fails first.
 create table pgflow.step_tasks (
   flow_slug text not null references pgflow.flows (flow_slug),
   run_id uuid not null references pgflow.runs (run_id),
@@ -21,8 +23,8 @@ create table pgflow.step_tasks (
   primary key (run_id, step_slug, task_index),
   foreign key (run_id, step_slug) references pgflow.step_states (run_id, step_slug),
   constraint valid_status check (
-    status in ('queued', 'started', 'completed', 'failed', 'skipped')),
-  constraint output_valid_only_for_completed_or_failed check (
+    status in ('queued', 'started', 'completed', 'failed', 'skipped', 'cancelled')),
+  constraint output_valid_only_for_completed check (
     output is null or status in ('completed', 'failed')
   ),
   constraint attempts_count_nonnegative check (attempts_count >= 0),
@@ -30,7 +32,11 @@ create table pgflow.step_tasks (
   constraint completed_at_or_failed_at check (not (completed_at is not null and failed_at is not null)),
   constraint completed_at_is_after_queued_at check (completed_at is null or completed_at >= queued_at),
   constraint failed_at_is_after_queued_at check (failed_at is null or failed_at >= queued_at),
-  constraint started_at_is_after_queued_at check (started_at is null or started_at >= queued_at)
+  constraint started_at_is_after_queued_at check (started_at is null or started_at >= queued_at),
+  constraint completed_at_is_after_started_at check (
+    completed_at is null or started_at is null or completed_at >= started_at),
+  constraint failed_at_is_after_started_at check (
+    failed_at is null or started_at is null or failed_at >= started_at)
 );
 
 create index idx_step_tasks_message_id on pgflow.step_tasks (flow_slug, message_id);

@@ -32,7 +32,7 @@ begin
     return null;
   end if;
 
-  -- Lock the step's rows in message order first, as _terminate_run_tasks does.
+  -- Lock the step's rows in message order first, as _cancel_run_tasks does.
   perform 1
      from pgflow.step_tasks as t
     where t.run_id = p_run_id

@@ -110,7 +110,7 @@ begin
   if add_step.step_type = 'map' and cardinality(v_deps) > 1 then
     raise exception using
       errcode = 'raise_exception',
-      message = format('Map step "%s" can only have zero or one dependency, but %s were provided: '
+      message = format('Map step "%s" can have at most one dependency, but %s were provided: '
                        '%s (flow %L)', add_step.step_slug, cardinality(v_deps),
                        array_to_string(v_deps, ', '), add_step.flow_slug),
       hint = 'A map step maps over the run input (no dependency) or over the array output of '

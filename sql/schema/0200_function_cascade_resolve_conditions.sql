@@ -1,9 +1,10 @@
 -- Evaluates the conditions of every step that is ready (created, no pending dependency) and
 -- acts on the unmet ones, until no step changes: a skipped step can make its dependents ready.
 -- Unmet with 'fail' (looked for first, in step order) fails the step and the run and returns
--- false; 'skip' skips the step; 'skip-cascade' skips it and everything downstream. Returns
--- true while the run goes on. Each round skips at least one step or ends the loop, so it
--- ends after at most as many rounds as the flow has steps.
+-- false (its active tasks are cancelled; a run no longer `started` is left alone, so a replay
+-- sends no event twice); 'skip' skips the step; 'skip-cascade' skips it and everything
+-- downstream. Returns true while the run goes on. Each round skips at least one step or ends
+-- the loop, so it ends after at most as many rounds as the flow has steps.
 create or replace function pgflow.cascade_resolve_conditions(run_id uuid)
 returns boolean
 language plpgsql
@@ -61,12 +62,18 @@ begin
                 ready.step_index
     loop
       if v_step.when_unmet = 'fail' then
+        -- Takes the run's lock and rechecks its status: a concurrent call that failed or
+        -- completed the run first wins.
+        update pgflow.runs as r
+           set status = 'failed', failed_at = now()
+         where r.run_id = v_run.run_id and r.status = 'started';
+        if not found then
+          return not exists (select 1 from pgflow.runs as r
+                              where r.run_id = v_run.run_id and r.status = 'failed');
+        end if;
         update pgflow.step_states as ss
            set status = 'failed', failed_at = now(), error_message = 'Condition not met'
          where ss.run_id = v_run.run_id and ss.step_slug = v_step.step_slug;
-        update pgflow.runs as r
-           set status = 'failed', failed_at = now()
-         where r.run_id = v_run.run_id;
         perform realtime.send(
           jsonb_build_object(
             'event_type', 'step:failed',
@@ -89,9 +96,7 @@ begin
           'run:failed',
           'pgflow:run:' || v_run.run_id,
           false);
-        perform pgflow._terminate_run_tasks(
-          v_run.run_id,
-          format('Run failed: step %s failed: Condition not met', v_step.step_slug));
+        perform pgflow._cancel_run_tasks(v_run.run_id);
         return false;
       elsif v_step.when_unmet = 'skip' then
         v_state := pgflow._skip_step(v_run.run_id, v_step.step_slug, 'condition_unmet', null, true);

@@ -1,4 +1,6 @@
 -- Records a task's output: the step completes with its last task, and its dependents may start.
+-- A late or duplicate result (the run or the step already ended, or the task is not `started`)
+-- changes nothing and returns the task row as it is.
 create or replace function pgflow.complete_task(
   run_id uuid,
   step_slug text,
@@ -39,7 +41,8 @@ begin
                        complete_task.task_index);
   end if;
 
-  -- A late result for a run that already ended is ignored; its message is archived.
+  -- A late result for a run that already ended (its tasks cancelled if it failed) changes
+  -- nothing; its message is archived (a no-op when the run's end archived it already).
   if v_run.status <> 'started' then
     perform pgflow._archive_task_message(v_task.run_id, v_task.step_slug, v_task.task_index);
     return next v_task;
@@ -64,12 +67,11 @@ begin
      and t.step_slug = complete_task.step_slug
      and t.task_index = complete_task.task_index
      for update;
+  -- Not claimed (still queued, e.g. waiting for a retry) or already finished: a duplicate or
+  -- stale report, ignored. The message stays: a queued task still needs it.
   if v_task.status <> 'started' then
-    raise exception using
-      errcode = 'object_not_in_prerequisite_state',
-      message = format('complete_task: task %s[%s] of run %s (flow %L) is %s, not started',
-                       complete_task.step_slug, complete_task.task_index, complete_task.run_id,
-                       v_run.flow_slug, v_task.status);
+    return next v_task;
+    return;
   end if;
 
   select * into v_step
@@ -138,8 +140,7 @@ begin
         false);
 
       perform pgflow._archive_task_message(v_task.run_id, v_task.step_slug, v_task.task_index);
-      perform pgflow._terminate_run_tasks(complete_task.run_id,
-                                          'Run failed: ' || v_step_error);
+      perform pgflow._cancel_run_tasks(complete_task.run_id);
       return next v_task;
       return;
     end if;

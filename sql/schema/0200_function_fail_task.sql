@@ -1,5 +1,7 @@
 -- Records a task's failure: a retry while attempts are left, else what the step's
--- when_exhausted says (fail the step and the run, or skip the step).
+-- when_exhausted says (fail the step and the run, or skip the step). A late or duplicate
+-- report (the run or the step already ended, or the task is not `started`) changes nothing and
+-- returns the task row as it is.
 create or replace function pgflow.fail_task(
   run_id uuid,
   step_slug text,
@@ -38,21 +40,11 @@ begin
                        fail_task.task_index);
   end if;
 
-  -- Late failure on a run that already ended: record it on a still-started task, archive.
+  -- Late failure on a run that already ended: the task keeps the status the run's end gave
+  -- it (`cancelled` when the run failed); its message is archived if still there.
   if v_run.status <> 'started' then
-    update pgflow.step_tasks as t
-       set status = 'failed', failed_at = now(), error_message = fail_task.error_message
-     where t.run_id = fail_task.run_id
-       and t.step_slug = fail_task.step_slug
-       and t.task_index = fail_task.task_index
-       and t.status = 'started';
     perform pgflow._archive_task_message(fail_task.run_id, fail_task.step_slug,
                                          fail_task.task_index);
-    select * into v_task
-      from pgflow.step_tasks as t
-     where t.run_id = fail_task.run_id
-       and t.step_slug = fail_task.step_slug
-       and t.task_index = fail_task.task_index;
     return next v_task;
     return;
   end if;
@@ -76,12 +68,11 @@ begin
      and t.step_slug = fail_task.step_slug
      and t.task_index = fail_task.task_index
      for update;
+  -- Not claimed (still queued, e.g. waiting for a retry) or already finished: a duplicate or
+  -- stale report, ignored. The message stays: a queued task still needs it.
   if v_task.status <> 'started' then
-    raise exception using
-      errcode = 'object_not_in_prerequisite_state',
-      message = format('fail_task: task %s[%s] of run %s (flow %L) is %s, not started',
-                       fail_task.step_slug, fail_task.task_index, fail_task.run_id,
-                       v_run.flow_slug, v_task.status);
+    return next v_task;
+    return;
   end if;
 
   select coalesce(s.opt_max_attempts, f.opt_max_attempts),
@@ -177,9 +168,7 @@ begin
     'pgflow:run:' || fail_task.run_id,
     false);
 
-  perform pgflow._terminate_run_tasks(
-    fail_task.run_id,
-    format('Run failed: step %s failed: %s', fail_task.step_slug, fail_task.error_message));
+  perform pgflow._cancel_run_tasks(fail_task.run_id);
 
   return next v_task;
 end;

@@ -1,6 +1,7 @@
 -- Gives back tasks whose worker stopped answering: a task `started` longer than its step's
--- timeout + 30 s goes back to the queue, at most 3 times; after that it is marked permanently
--- stalled and its message archived. Returns how many tasks were requeued.
+-- effective timeout + 30 s, in a run and a step both still `started`, goes back to the queue
+-- (no worker), at most 3 times; after that it is marked permanently stalled and its message
+-- archived. Returns how many tasks were requeued.
 create or replace function pgflow.requeue_stalled_tasks()
 returns integer
 language plpgsql
@@ -14,11 +15,13 @@ begin
     select t.run_id, t.step_slug, t.task_index, t.flow_slug, t.message_id, t.requeued_count
       from pgflow.step_tasks as t
       join pgflow.runs as r on r.run_id = t.run_id
+      join pgflow.step_states as ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
       join pgflow.steps as s on s.flow_slug = t.flow_slug and s.step_slug = t.step_slug
       join pgflow.flows as f on f.flow_slug = t.flow_slug
      where t.status = 'started'
        and t.permanently_stalled_at is null
        and r.status = 'started'
+       and ss.status = 'started'
        and t.started_at
            < now() - make_interval(secs => coalesce(s.opt_timeout, f.opt_timeout) + 30)
      order by t.started_at
@@ -28,6 +31,7 @@ begin
       update pgflow.step_tasks as t
          set status = 'queued',
              started_at = null,
+             last_worker_id = null,
              requeued_count = t.requeued_count + 1,
              last_requeued_at = now()
        where t.run_id = v_task.run_id

@@ -1,4 +1,5 @@
--- Sets each message's visibility to now + its own offset, in one statement.
+-- Sets each message's visibility to now + its own offset, in one statement. As in pgflow, a
+-- NULL array means nothing to do (no row), and arrays of different lengths raise P0001.
 create or replace function pgflow.set_vt_batch(queue_name text, msg_ids bigint[], vt_offsets integer[])
 returns table (
   msg_id bigint,
@@ -12,14 +13,15 @@ language plpgsql
 set search_path to pg_catalog, pg_temp
 as $fn$
 begin
-  if msg_ids is null or vt_offsets is null
-     or cardinality(msg_ids) <> cardinality(vt_offsets) then
+  if msg_ids is null or vt_offsets is null then
+    return;
+  end if;
+  if cardinality(msg_ids) <> cardinality(vt_offsets) then
     raise exception using
-      errcode = 'invalid_parameter_value',
-      message = format(
-        'set_vt_batch: msg_ids and vt_offsets must be arrays of the same length (got %s and %s)',
-        coalesce(cardinality(msg_ids)::text, 'NULL'),
-        coalesce(cardinality(vt_offsets)::text, 'NULL'));
+      errcode = 'raise_exception',
+      message = format('msg_ids length (%s) must equal vt_offsets length (%s)',
+                       cardinality(msg_ids), cardinality(vt_offsets)),
+      hint = 'Give set_vt_batch one visibility offset per message id.';
   end if;
   if cardinality(msg_ids) = 0 then
     return;

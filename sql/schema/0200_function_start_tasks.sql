@@ -1,7 +1,9 @@
 -- Phase two of polling: claims the queued tasks behind the messages a worker has read and
--- returns what their handlers need. A message whose task is still `started` after its timeout
--- (+2 s) means the lease expired (the worker vanished or the handler hung): that attempt is
--- failed through fail_task, which retries it with backoff or fails the step.
+-- returns what their handlers need: only the tasks it moved from `queued` to `started`, each
+-- message hidden for its step's timeout + 2 s. A message whose task is still `started` after
+-- that time means the lease expired (the worker vanished or the handler hung): that attempt is
+-- failed through fail_task, which retries it with backoff or fails the step. Any other message
+-- (its task finished, skipped, cancelled, or not found) claims nothing.
 create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
 returns setof pgflow.step_task_record
 language plpgsql
@@ -19,6 +21,7 @@ declare
   v_record pgflow.step_task_record;
   v_claimed_ids bigint[] := '{}';
   v_offsets integer[] := '{}';
+  v_extended integer;
 begin
   -- One index probe per message id. (A set-based lookup is at the planner's mercy: on tables
   -- without fresh statistics it can scan every task of a big map on each call.)
@@ -44,14 +47,11 @@ begin
     continue when v_task.started_at > clock_timestamp() - make_interval(secs => v_timeout + 2)
       or not exists (select 1 from pgflow.runs as r
                       where r.run_id = v_task.run_id and r.status = 'started');
-    begin
-      perform pgflow.fail_task(
-        v_task.run_id, v_task.step_slug, v_task.task_index,
-        format('Task lease expired: no result within %s s of its start (the worker stopped '
-               'or the handler hung)', v_timeout + 2));
-    exception when object_not_in_prerequisite_state then
-      null;  -- finished meanwhile by its worker
-    end;
+    -- A task its worker finished meanwhile is left as it is by fail_task.
+    perform pgflow.fail_task(
+      v_task.run_id, v_task.step_slug, v_task.task_index,
+      format('Task lease expired: no result within %s s of its start (the worker stopped '
+             'or the handler hung)', v_timeout + 2));
   end loop;
 
   -- Claim the queued ones (a failed attempt above is queued again but waits for its backoff).
@@ -122,6 +122,19 @@ begin
     return next v_record;
   end loop;
 
-  perform pgflow.set_vt_batch(start_tasks.flow_slug, v_claimed_ids, v_offsets);
+  -- Every claimed message must be hidden for its task's run time, or another worker would
+  -- read it again meanwhile: a message gone from the queue undoes the whole claim (SQLSTATE
+  -- 22P02, as pgflow's).
+  select count(*) into v_extended
+    from pgflow.set_vt_batch(start_tasks.flow_slug, v_claimed_ids, v_offsets);
+  if v_extended <> cardinality(v_claimed_ids) then
+    raise exception using
+      errcode = 'invalid_text_representation',
+      message = format('start_tasks(): visibility updated %s of %s claimed messages',
+                       v_extended, cardinality(v_claimed_ids)),
+      detail = format('Claimed messages of queue %L: %s. A message of a queued task was deleted '
+                      'or archived outside pgflow; nothing was claimed.',
+                      start_tasks.flow_slug, v_claimed_ids);
+  end if;
 end;
 $fn$;

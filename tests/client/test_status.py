@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgflow_client import FlowRunStatus, FlowStepStatus, SkipReason
+from pgflow_client import FlowRunStatus, FlowStepStatus, FlowTaskStatus, SkipReason
 
 
 def test_run_statuses_rank_started_completed_failed() -> None:
@@ -49,3 +49,18 @@ def test_skip_reasons() -> None:
         "handler_failed",
         "dependency_skipped",
     }
+
+
+@pytest.mark.parametrize(
+    ("status", "terminal"),
+    [
+        ("queued", False),
+        ("started", False),
+        ("completed", True),
+        ("failed", True),
+        ("skipped", True),
+        ("cancelled", True),
+    ],
+)
+def test_task_statuses_and_which_end_a_task(status: str, terminal: bool) -> None:
+    assert FlowTaskStatus(status).is_terminal is terminal

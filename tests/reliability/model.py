@@ -4,9 +4,9 @@ It follows pgflow's rules as the SQL core implements them (see docs/reliability.
 start when their dependencies complete; a map step gets one task per element of its source
 (the flow input for a root map, its dependency's output otherwise); empty maps complete at
 once, level by level; failed attempts are retried until ``max_attempts``; an exhausted task
-fails its step and its run and ends every other task; a single step feeding a map must output
-an array, or the run fails with a type violation. The model records the final states, the
-outputs and the broadcast events (with the payload keys worth comparing) in order.
+fails its step and its run and cancels every other active task; a single step feeding a map
+must output an array, or the run fails with a type violation. The model records the final
+states, the outputs and the broadcast events (with the payload keys worth comparing) in order.
 """
 
 from __future__ import annotations
@@ -179,9 +179,7 @@ class RunModel:
         """``fail_task`` for a task claimed earlier: a retry, or the end of step and run."""
         task = self.tasks[(slug, index)]
         if self.status != "started":
-            if task.status == "started":
-                task.status, task.error_message = "failed", message
-            return
+            return  # a late report: the task keeps what the run's end gave it
         state = self.steps[slug]
         if state.status != "started":
             return
@@ -194,7 +192,7 @@ class RunModel:
         self._emit(f"step:{slug}:failed", step_slug=slug, status="failed", error_message=message)
         self.status = "failed"
         self._emit("run:failed", status="failed", error_message=message)
-        self._end_tasks(f"Run failed: step {slug} failed: {message}")
+        self._cancel_tasks()
 
     # -- what the calls set off ---------------------------------------------------------------
 
@@ -288,13 +286,12 @@ class RunModel:
         self._emit(
             f"step:{step.slug}:failed", step_slug=step.slug, status="failed", error_message=message
         )
-        self._end_tasks(f"Run failed: {message}")
+        self._cancel_tasks()
 
-    def _end_tasks(self, reason: str) -> None:
+    def _cancel_tasks(self) -> None:
         for task in self.tasks.values():
             if task.status in ("queued", "started"):
-                task.status = "failed"
-                task.error_message = task.error_message or reason
+                task.status = "cancelled"
 
     def _emit(self, event: str, **payload: Any) -> None:
         self.events.append((event, payload))

@@ -215,9 +215,9 @@ def describe(model: RunModel) -> None:
     if any(t.attempts > 1 for t in model.tasks.values()):
         event("retried task")
     if model.status == "failed" and any(
-        t.status == "failed" and t.attempts == 0 for t in model.tasks.values()
+        t.status == "cancelled" and t.attempts == 0 for t in model.tasks.values()
     ):
-        event("queued tasks ended by the failure")
+        event("queued tasks cancelled by the failure")
 
 
 def check_final_state(

@@ -213,9 +213,8 @@ def test_add_step_unknown_dependency(any_db_url: str) -> None:
 
 
 def test_map_step_with_two_dependencies_is_refused(any_db_url: str) -> None:
-    """P0001 on both cores, naming the step and its dependencies; ours also names the flow
-    (0.8.1 words it "can have at most one dependency"). Nothing of the step is written; maps
-    with no or one dependency are fine."""
+    """P0001 on both cores, in pgflow's words naming the step and its dependencies; ours also
+    names the flow. Nothing of the step is written; maps with no or one dependency are fine."""
     with psycopg.connect(any_db_url, autocommit=True) as conn:
         conn.execute("select pgflow.create_flow('f')")
         add_step(conn, "f", "a")
@@ -223,10 +222,10 @@ def test_map_step_with_two_dependencies_is_refused(any_db_url: str) -> None:
         before = row_counts(conn, "f")
         ours = not is_official(conn)
         ours_message = (
-            'Map step "m" can only have zero or one dependency, but 2 were provided: a, b'
-            " (flow 'f')"
+            "Map step \"m\" can have at most one dependency, but 2 were provided: a, b (flow 'f')"
         )
-        needles = [ours_message] if ours else ['Map step "m"', "but 2 were provided: a, b"]
+        pgflows = 'Map step "m" can have at most one dependency, but 2 were provided: a, b'
+        needles = [ours_message] if ours else [pgflows]
         with raises_sqlstate("P0001", *needles):
             add_step(conn, "f", "m", ["a", "b"], step_type="map")
         assert row_counts(conn, "f") == before

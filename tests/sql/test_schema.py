@@ -125,8 +125,8 @@ def _drop_index(conn: Conn, role: str) -> None:
 
 def _replace_constraint(conn: Conn, role: str) -> None:
     conn.execute(
-        "alter table pgflow.runs drop constraint remaining_steps_valid,"
-        " add constraint remaining_steps_valid check (remaining_steps > -1)"
+        "alter table pgflow.runs drop constraint runs_remaining_steps_check,"
+        " add constraint runs_remaining_steps_check check (remaining_steps > -1)"
     )
 
 
@@ -138,7 +138,7 @@ def _replace_constraint(conn: Conn, role: str) -> None:
         (_grant, "functions: pgflow.start_flow(text,jsonb,uuid) differs"),
         (_comment, "relations: runs differs"),
         (_drop_index, "indexes: runs idx_runs_status is missing"),
-        (_replace_constraint, "constraints: runs remaining_steps_valid differs"),
+        (_replace_constraint, "constraints: runs runs_remaining_steps_check differs"),
     ],
     ids=["function body", "column default", "grant", "comment", "index", "constraint"],
 )

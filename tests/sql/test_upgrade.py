@@ -256,7 +256,7 @@ def test_a_database_of_the_pre_release_migrations_is_recorded_as_the_baseline(
     pre_baseline_sql: Path, database: str, stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """All three applied build the baseline's very schema: migrate records the baseline, changes
-    nothing else, and the runs in flight finish."""
+    nothing else, applies the later migrations over it, and the runs in flight finish."""
     with using_sql(monkeypatch, pre_baseline_sql):
         assert migrate(database).applied == PRE_BASELINE
     baseline = MIGRATIONS[0]

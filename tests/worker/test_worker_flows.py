@@ -153,6 +153,45 @@ async def test_exhausted_retries_fail_the_run(db_url: str) -> None:
     assert run["_tasks"][0]["attempts_count"] == 2
 
 
+async def test_a_result_after_the_run_failed_is_harmless(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``slow`` is still running when ``boom`` fails the run: its task is cancelled, its late
+    result is sent once, changes nothing and is no error, and the worker goes on to finish
+    the next run."""
+    flow = Flow("late_result", max_attempts=1)
+    release = asyncio.Event()
+    slow_done = asyncio.Event()
+
+    @flow.step
+    async def slow(input: Any) -> str:
+        await release.wait()
+        slow_done.set()
+        return "late"
+
+    @flow.step
+    def boom(input: Any) -> str:
+        if input["fail"]:
+            raise RuntimeError("boom")
+        return "fine"
+
+    async with FlowWorker(flow, db_url, **FAST) as worker:
+        failed_id = await start_run(db_url, flow.slug, {"fail": True})
+        failed = await wait_run(db_url, failed_id)
+        assert failed["status"] == "failed"
+        release.set()
+        await asyncio.wait_for(slow_done.wait(), 10)
+        next_id = await start_run(db_url, flow.slug, {"fail": False})
+        following = await wait_run(db_url, next_id)
+        # boom's failure; slow's late result, then both of the second run.
+        assert (worker.stats.failures, worker.stats.completions) == (1, 3)
+    assert following["status"] == "completed"
+    assert [r.getMessage() for r in caplog.records if "report" in r.getMessage()] == []
+    tasks = {t["step_slug"]: t for t in await tasks_of(db_url, failed_id)}
+    assert (tasks["boom"]["status"], tasks["slow"]["status"]) == ("failed", "cancelled")
+    assert tasks["slow"]["output"] is None
+
+
 async def test_hung_async_handler_times_out_and_is_retried(db_url: str) -> None:
     flow = Flow("hung", timeout=3, base_delay=1)
     never = asyncio.Event()

@@ -120,12 +120,19 @@ async def main_async(args: argparse.Namespace) -> int:
         stack.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pooled_worker",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
     parser.add_argument("--runs", type=int, default=1000, help="chain runs per measurement (1000)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each connection (3)")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per measurement")
-    return asyncio.run(main_async(parser.parse_args(argv)))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(main_async(parse_args(argv)))
 
 
 if __name__ == "__main__":

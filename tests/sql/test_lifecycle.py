@@ -40,12 +40,6 @@ from tests.sql.test_conditions import create_flow, statuses, step
 from tests.sql.test_retries import requeue
 
 
-@pytest.fixture
-def conn(db_url: str) -> Iterator[Conn]:
-    with psycopg.connect(db_url, autocommit=True) as c:
-        yield c
-
-
 def by_key(conn: Conn, run_id: uuid.UUID) -> dict[tuple[str, int], dict[str, Any]]:
     return {(r["step_slug"], r["task_index"]): r for r in task_rows(conn, run_id)}
 

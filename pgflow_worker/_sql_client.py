@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any, Literal
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -253,22 +253,22 @@ class PgflowSqlClient:
 
     async def register_worker(self, worker_id: uuid.UUID, queue: str, function_name: str) -> None:
         """Insert the worker's row, with its ``pgflow_version`` where the SQL has the column."""
+        row: dict[str, Any] = {
+            "worker_id": worker_id,
+            "queue_name": queue,
+            "function_name": function_name,
+        }
+        if self._has_pgflow_version:
+            row["pgflow_version"] = WORKER_VERSION
+        query = sql.SQL(
+            "insert into pgflow.workers ({}) values ({})"
+            " on conflict (worker_id) do update set last_heartbeat_at = now()"
+        ).format(
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        )
         async with self._pool.connection() as conn:
-            if self._has_pgflow_version:
-                await conn.execute(
-                    "insert into pgflow.workers"
-                    " (worker_id, queue_name, function_name, pgflow_version)"
-                    " values (%s, %s, %s, %s)"
-                    " on conflict (worker_id) do update set last_heartbeat_at = now()",
-                    (worker_id, queue, function_name, WORKER_VERSION),
-                )
-                return
-            await conn.execute(
-                "insert into pgflow.workers (worker_id, queue_name, function_name)"
-                " values (%s, %s, %s)"
-                " on conflict (worker_id) do update set last_heartbeat_at = now()",
-                (worker_id, queue, function_name),
-            )
+            await conn.execute(query, tuple(row.values()))
 
     async def heartbeat(self, worker_id: uuid.UUID) -> bool:
         """Record that the worker is alive; True when an operator has deprecated it."""

@@ -69,8 +69,9 @@ class ServerCpu:
     def __init__(self, dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             row = conn.execute("select pg_backend_pid()").fetchone()
-        assert row is not None
-        self.postmaster = int(_stat_fields(int(row[0]))[1])
+            assert row is not None
+            # Read while connected: the backend exits, and leaves /proc, once the connection closes.
+            self.postmaster = int(_stat_fields(int(row[0]))[1])
 
     def sample(self) -> float:
         own = _stat_fields(self.postmaster)

@@ -203,6 +203,10 @@ def worker(
         bool,
         typer.Option(help="Replace a differing stored flow definition (deletes its runs)."),
     ] = False,
+    step: Annotated[
+        str | None,
+        typer.Option(help="Serve only this step's queue (a flow with step_queues=True)."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run a worker for one flow until SIGTERM or SIGINT (then drain and stop)."""
@@ -227,6 +231,7 @@ def worker(
             poll_interval_ms=poll_interval_ms,
             shutdown_timeout=shutdown_timeout,
             recompile=recompile,
+            step=step,
         )
     except psycopg.OperationalError as exc:
         _fail(connection_problem(dsn, exc))

@@ -7,9 +7,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from typer.testing import CliRunner
 
 from pgflow_worker._compiler import compile_flow
 from pgflow_worker._flow import Flow
+from pgflow_worker._tools.cli import app
 from pgflow_worker._worker import FlowWorker
 from pgflow_worker.errors import FlowDefinitionError, StepNotFound, WorkerError
 from tests.worker.helpers import start_run, tasks_of, wait_run
@@ -104,3 +106,25 @@ async def test_the_compiled_sql_builds_the_flow_with_its_step_queues(db_url: str
     # The worker verifies what the compiled SQL built.
     async with FlowWorker(split_flow(), db_url, step="fetch", **FAST):
         pass
+
+
+def test_status_says_which_step_waits_on_a_queue_without_a_worker(db_url: str) -> None:
+    (statement,) = compile_flow(split_flow())
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(statement.encode())
+        row = conn.execute("select run_id from pgflow.start_flow('split', '{\"n\": 1}')").fetchone()
+        assert row is not None
+        run_id = str(row[0])
+
+        def status() -> str:
+            result = CliRunner().invoke(app, ["status", run_id, "--db", db_url])
+            assert result.exit_code == 0, result.output
+            return " ".join(result.output.split())
+
+        assert "step fetch waits: no live worker polls its queue split__fetch" in status()
+        assert "--step fetch" in status()
+        conn.execute(
+            "insert into pgflow.workers (worker_id, queue_name, function_name)"
+            " values (gen_random_uuid(), 'split__fetch', 'tests')"
+        )
+        assert "waits" not in status()

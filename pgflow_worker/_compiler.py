@@ -25,8 +25,22 @@ _Argument = tuple[str, Callable[[StepDefinition], str | None]]
 
 
 def compile_flow(flow: Flow) -> list[str]:
-    """The SQL statements that create ``flow`` and its steps, in the order to run them."""
+    """The SQL statements that create ``flow`` and its steps, in the order to run them.
+
+    A flow with per-step queues cannot be built step by step (``add_step`` refuses it, as in
+    pgflow 0.17): it compiles to the one call pgflow's 0.17 workers make at startup,
+    ``ensure_flow_compiled(slug, shape, 'step', route_map)``.
+    """
     flow_slug = _text(flow.slug)
+    if flow.step_queues:
+        from ._shape import flow_shape  # _shape builds on this module
+
+        shape = json.dumps(flow_shape(flow), separators=(",", ":"))
+        routes = json.dumps(flow.route_map(), separators=(",", ":"))
+        return [
+            f"SELECT pgflow.ensure_flow_compiled({flow_slug}, {_text(shape)}::jsonb, 'step', "
+            f"{_text(routes)}::jsonb);"
+        ]
     statements = [f"SELECT pgflow.create_flow({flow_slug}{_named(_flow_arguments(flow.options))});"]
     for step in flow.steps:
         positional = [flow_slug, _text(step.slug)]

@@ -201,7 +201,10 @@ class Flow:
     Conditions are checked when a step's dependencies are done: ``if_`` (the input must
     contain this JSON pattern) and ``if_not`` (it must not) are matched with ``jsonb @>``
     against the flow input for a root step, or against ``{dep_slug: output}`` of its completed
-    dependencies otherwise. ``when_unmet`` decides what an unmet condition does ('skip', the
+    dependencies otherwise. ``step_queues=True`` gives every step a queue of its own (pgflow
+    0.17's per-step queues), so each step can be served by its own worker
+    (``FlowWorker(flow, dsn, step=...)``); queue names follow pgflow's rules
+    (:meth:`queue_name`). ``when_unmet`` decides what an unmet condition does ('skip', the
     default; 'skip-cascade'; 'fail'), ``when_exhausted`` what a task out of attempts does
     ('fail', the default; 'skip'; 'skip-cascade'). A skipped dependency is absent from its
     dependents' input, and a skipped leaf step from the run's output.
@@ -214,8 +217,17 @@ class Flow:
         max_attempts: int | None = None,
         base_delay: int | None = None,
         timeout: int | None = None,
+        step_queues: bool = False,
     ) -> None:
         _check_flow_slug(slug)
+        if step_queues and len(slug) + len("__0") > MAX_FLOW_SLUG_LENGTH:
+            raise FlowDefinitionError(
+                f"flow {slug!r}: cannot use per-step queues: its shortest step queue "
+                f"{(slug + '__0').lower()!r} is longer than pgmq's {MAX_FLOW_SLUG_LENGTH} "
+                f"characters; shorten the slug to {MAX_FLOW_SLUG_LENGTH - 3} characters",
+                flow_slug=slug,
+            )
+        self._step_queues = step_queues
         self._slug = slug
         self._options = FlowOptions(
             max_attempts=_check_option("max_attempts", max_attempts, slug),
@@ -231,6 +243,47 @@ class Flow:
     @property
     def options(self) -> FlowOptions:
         return self._options
+
+    @property
+    def step_queues(self) -> bool:
+        """Whether every step has a queue of its own (pgflow's queue mode 'step')."""
+        return self._step_queues
+
+    @property
+    def queue_mode(self) -> str:
+        """pgflow's name for where the flow's messages go: ``'step'`` or ``'flow'``."""
+        return "step" if self._step_queues else "flow"
+
+    def queue_name(self, step: str | None = None) -> str:
+        """The pgmq queue a worker polls: the flow's, ``lower(slug)``, or with per-step queues
+        the step's, ``lower(slug__step)`` when that fits pgmq's 47 characters, else
+        ``lower(slug__index)``, as pgflow 0.17 names them."""
+        if step is None:
+            if self._step_queues:
+                raise FlowDefinitionError(
+                    f"flow {self._slug!r} has a queue per step: name the step",
+                    flow_slug=self._slug,
+                )
+            return self._slug.lower()
+        index = list(self._steps).index(self.get_step(step).slug)
+        if not self._step_queues:
+            return self._slug.lower()
+        readable = f"{self._slug}__{step}".lower()
+        if len(readable) <= MAX_FLOW_SLUG_LENGTH:
+            return readable
+        by_index = f"{self._slug}__{index}".lower()
+        if len(by_index) > MAX_FLOW_SLUG_LENGTH:
+            raise FlowDefinitionError(
+                f"flow {self._slug!r}, step {step!r}: neither {readable!r} nor {by_index!r} "
+                f"fits pgmq's {MAX_FLOW_SLUG_LENGTH} characters",
+                flow_slug=self._slug,
+                step_slug=step,
+            )
+        return by_index
+
+    def route_map(self) -> list[dict[str, str]]:
+        """Each step's queue in step order, as pgflow's ``ensure_flow_compiled`` takes it."""
+        return [{"stepSlug": s, "queueName": self.queue_name(s)} for s in self._steps]
 
     @property
     def steps(self) -> tuple[StepDefinition, ...]:

@@ -296,7 +296,12 @@ async def ensure_flow(
         row = await cur.fetchone()
         in_sql = bool(row is not None and row[0])
         if in_sql:
-            result = await _ensure_in_sql(cur, slug, shape)
+            result = await _ensure_in_sql(cur, flow, shape)
+        elif flow.step_queues:
+            raise WorkerError(
+                f"flow {slug!r} has a queue per step, but this database's pgflow SQL has no "
+                "per-step queues (pgflow 0.17 added them): migrate it, or drop step_queues"
+            )
         else:
             result = await _ensure_in_python(cur, conn, flow, shape)
         status, differences, kind = result
@@ -305,7 +310,7 @@ async def ensure_flow(
                 raise FlowShapeMismatch(slug, differences, mismatch_kind=kind)
             await _delete_flow_and_data(cur, slug)
             if in_sql:
-                await _ensure_in_sql(cur, slug, shape)
+                await _ensure_in_sql(cur, flow, shape)
             else:
                 await _create(cur, flow)
             return EnsureResult(slug, "recompiled", differences=tuple(differences))
@@ -319,11 +324,17 @@ async def ensure_flow(
         raise WorkerError(f"ensure_flow_compiled returned an unknown status {status!r}")
 
 
-async def _ensure_in_sql(cur: _Cursor, slug: str, shape: FlowShape) -> tuple[str, list[str], str]:
-    # Two arguments: every version of ensure_flow_compiled takes them (0.17 defaults the rest).
-    await cur.execute(
-        "select pgflow.ensure_flow_compiled(%s, %s::jsonb)", (slug, json.dumps(shape))
-    )
+async def _ensure_in_sql(cur: _Cursor, flow: Flow, shape: FlowShape) -> tuple[str, list[str], str]:
+    if flow.step_queues:
+        await cur.execute(
+            "select pgflow.ensure_flow_compiled(%s, %s::jsonb, 'step', %s::jsonb)",
+            (flow.slug, json.dumps(shape), json.dumps(flow.route_map())),
+        )
+    else:
+        # Two arguments: every version takes them (0.17 defaults the rest).
+        await cur.execute(
+            "select pgflow.ensure_flow_compiled(%s, %s::jsonb)", (flow.slug, json.dumps(shape))
+        )
     row = await cur.fetchone()
     answer = row[0] if row is not None else None
     if isinstance(answer, str):

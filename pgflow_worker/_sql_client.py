@@ -20,6 +20,8 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
+from .errors import WorkerError
+
 __all__ = [
     "Message",
     "PgflowSqlClient",
@@ -203,6 +205,7 @@ class PgflowSqlClient:
         self.stats = stats if stats is not None else SqlCallStats()
         self._legacy_input: bool | None = None
         self._has_stopped_at = True
+        self._has_queue_identity = False
         self._has_pgflow_version = False
         self._has_track_worker_function = False
 
@@ -234,11 +237,24 @@ class PgflowSqlClient:
                 " to_regprocedure('pgflow.track_worker_function(text,text)') is not null"
             )
             tracking = await cur.fetchone()
+            # pgflow 0.17's start_tasks takes the queue (and the step): tasks know their queue.
+            cur = await conn.execute(
+                "select to_regprocedure("
+                "'pgflow.start_tasks(text,bigint[],uuid,text,text)') is not null"
+            )
+            queues = await cur.fetchone()
         self._legacy_input = not (row and row[0])
         self._has_stopped_at = bool(stopped and stopped[0])
         self._has_pgflow_version = bool(tracking and tracking[0])
         self._has_track_worker_function = bool(tracking and tracking[1])
+        self._has_queue_identity = bool(queues and queues[0])
         return self._legacy_input
+
+    @property
+    def has_queue_identity(self) -> bool:
+        """Whether the SQL has pgflow 0.17's queue identity (the five-argument
+        ``start_tasks``, per-step queues); known after :meth:`detect_flavour`."""
+        return self._has_queue_identity
 
     async def track_worker_function(self, function_name: str) -> bool:
         """Register the kind of worker as one that starts itself (``start_mode`` 'process'),
@@ -309,26 +325,56 @@ class PgflowSqlClient:
         return [_message(*row) for row in rows]
 
     async def start_tasks(
-        self, flow_slug: str, msg_ids: Sequence[int], worker_id: uuid.UUID
+        self,
+        flow_slug: str,
+        msg_ids: Sequence[int],
+        worker_id: uuid.UUID,
+        queue_name: str | None = None,
+        step_slug: str | None = None,
     ) -> list[StepTask]:
-        """Phase two: claim the tasks behind the messages; messages without one are skipped."""
+        """Phase two: claim the tasks behind the messages of ``queue_name`` (the flow's queue
+        by default; a step's queue with ``step_slug``); messages without one are skipped.
+
+        SQL with pgflow 0.17's queue identity gets the five-argument call; older SQL (pgflow up
+        to 0.16, ``@pgflow/core`` 0.8.1) the three-argument one, which has no step queues.
+        """
         if self._legacy_input is None:
             await self.detect_flavour()
         self.stats.start_tasks_calls += 1
+        queue = queue_name if queue_name is not None else flow_slug.lower()
+        if not self._has_queue_identity and step_slug is not None:
+            raise WorkerError(
+                f"step {step_slug!r} of flow {flow_slug!r} has its own queue, but this "
+                "database's pgflow SQL has no per-step queues (pgflow 0.17 added them)"
+            )
         async with self._pool.connection() as conn, conn.pipeline():
-            started = await conn.execute(
-                "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
-                " to_jsonb(t)::text from pgflow.start_tasks(%s, %s::bigint[], %s) t",
-                (flow_slug, list(msg_ids), worker_id),
-            )
-            attempts = await conn.execute(
-                # One index probe per id: `message_id = any(...)` lets a planner without
-                # fresh statistics scan every task of the flow instead.
-                "select t.message_id, t.attempts_count"
-                " from unnest(%s::bigint[]) as m (id)"
-                " join pgflow.step_tasks as t on t.flow_slug = %s and t.message_id = m.id",
-                (list(msg_ids), flow_slug),
-            )
+            if self._has_queue_identity:
+                started = await conn.execute(
+                    "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
+                    " to_jsonb(t)::text"
+                    " from pgflow.start_tasks(%s, %s::bigint[], %s, %s, %s) t",
+                    (flow_slug, list(msg_ids), worker_id, queue, step_slug),
+                )
+                attempts = await conn.execute(
+                    # One index probe per id: `message_id = any(...)` lets a planner without
+                    # fresh statistics scan every task of the flow instead.
+                    "select t.message_id, t.attempts_count"
+                    " from unnest(%s::bigint[]) as m (id)"
+                    " join pgflow.step_tasks as t on t.queue_name = %s and t.message_id = m.id",
+                    (list(msg_ids), queue),
+                )
+            else:
+                started = await conn.execute(
+                    "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
+                    " to_jsonb(t)::text from pgflow.start_tasks(%s, %s::bigint[], %s) t",
+                    (flow_slug, list(msg_ids), worker_id),
+                )
+                attempts = await conn.execute(
+                    "select t.message_id, t.attempts_count"
+                    " from unnest(%s::bigint[]) as m (id)"
+                    " join pgflow.step_tasks as t on t.flow_slug = %s and t.message_id = m.id",
+                    (list(msg_ids), flow_slug),
+                )
             rows = await started.fetchall()
             attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
         self.stats.tasks_started += len(rows)

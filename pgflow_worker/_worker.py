@@ -67,6 +67,12 @@ class FlowWorker:
 
     Use ``await worker.run()`` (returns after a graceful stop: SIGTERM/SIGINT, :meth:`stop`,
     or deprecation of the worker's row), or ``async with worker:`` to run it in the background.
+
+    A worker polls its flow's queue; for a flow with per-step queues
+    (``Flow(..., step_queues=True)``) it serves one step, ``step=``, polling that step's queue
+    only, so each step can have its own workers. It finds out at startup which ``start_tasks``
+    the database's SQL has: pgflow 0.17's, with the queue and the step, or the older
+    three-argument one (pgflow up to 0.16), which has no per-step queues.
     """
 
     def __init__(
@@ -76,11 +82,28 @@ class FlowWorker:
         *,
         settings: WorkerSettings | None = None,
         worker_id: uuid.UUID | None = None,
+        step: str | None = None,
         **overrides: Any,
     ) -> None:
         if settings is not None and overrides:
             raise WorkerError("pass either settings=WorkerSettings(...) or keyword settings")
+        if step is not None and not flow.step_queues:
+            raise WorkerError(
+                f"step={step!r}: flow {flow.slug!r} has one queue for all its steps; serve a "
+                "single step only of a flow with step_queues=True"
+            )
+        if step is None and flow.step_queues:
+            raise WorkerError(
+                f"flow {flow.slug!r} has a queue per step: start one worker per step, "
+                f"with step= one of {[s.slug for s in flow.steps]}"
+            )
+        if step is not None:
+            flow.get_step(step)  # StepNotFound names the flow's steps
         self.flow = flow
+        #: The step this worker serves, or None for the whole flow.
+        self.step = step
+        #: The pgmq queue this worker polls.
+        self.queue_name = flow.queue_name(step)
         self.dsn = dsn
         self.settings = settings or WorkerSettings(**overrides)
         self.worker_id = worker_id or uuid.uuid4()
@@ -220,7 +243,7 @@ class FlowWorker:
             )
         await client.detect_flavour()
         await client.track_worker_function(self.settings.function_name)
-        await client.register_worker(self.worker_id, self.flow.slug, self.settings.function_name)
+        await client.register_worker(self.worker_id, self.queue_name, self.settings.function_name)
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> list[Callable[[], None]]:
         if threading.current_thread() is not threading.main_thread():
@@ -346,7 +369,7 @@ class FlowWorker:
     ) -> list[tuple[Message, StepTask]]:
         s = self.settings
         messages = await client.read_messages(
-            self.flow.slug, s.visibility_timeout, qty, max_poll_seconds, s.poll_interval_ms
+            self.queue_name, s.visibility_timeout, qty, max_poll_seconds, s.poll_interval_ms
         )
         if not messages:
             return []
@@ -355,11 +378,15 @@ class FlowWorker:
                 log.warning(
                     "message %s of queue %r cannot be decoded (%s)",
                     message.msg_id,
-                    self.flow.slug,
+                    self.queue_name,
                     message.decode_error,
                 )
         tasks = await client.start_tasks(
-            self.flow.slug, [m.msg_id for m in messages], self.worker_id
+            self.flow.slug,
+            [m.msg_id for m in messages],
+            self.worker_id,
+            self.queue_name if client.has_queue_identity else None,
+            self.step,
         )
         by_id = {m.msg_id: m for m in messages}
         return [(by_id[t.msg_id], t) for t in tasks]

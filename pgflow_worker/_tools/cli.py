@@ -203,6 +203,10 @@ def worker(
         bool,
         typer.Option(help="Replace a differing stored flow definition (deletes its runs)."),
     ] = False,
+    step: Annotated[
+        str | None,
+        typer.Option(help="Serve only this step's queue (a flow with step_queues=True)."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run a worker for one flow until SIGTERM or SIGINT (then drain and stop)."""
@@ -227,6 +231,7 @@ def worker(
             poll_interval_ms=poll_interval_ms,
             shutdown_timeout=shutdown_timeout,
             recompile=recompile,
+            step=step,
         )
     except psycopg.OperationalError as exc:
         _fail(connection_problem(dsn, exc))
@@ -419,8 +424,46 @@ def status(
                 console.print_json(dump_json(_run_dict(run)))
             else:
                 console.print(_step_table(run))
+                for step_slug, queue in await _queues_without_worker(dsn, run.run_id):
+                    console.print(
+                        Text(
+                            f"step {step_slug} waits: no live worker polls its queue {queue}"
+                            " (start one: pgflow worker MODULE:FLOW"
+                            + (f" --step {step_slug})" if "__" in queue else ")")
+                        )
+                    )
 
     _run_async(go())
+
+
+#: A worker whose last heartbeat is older than this is taken for gone.
+_WORKER_ALIVE_SECONDS = 30
+
+
+async def _queues_without_worker(dsn: str, run_id: Any) -> list[tuple[str, str]]:
+    """The steps of a run with queued tasks whose queue no live worker polls, with that queue
+    (SQL without pgflow 0.17's queue identity records no queue per task: nothing to say)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select exists (select 1 from pg_attribute"
+            " where attrelid = to_regclass('pgflow.step_tasks')"
+            " and attname = 'queue_name' and not attisdropped)"
+        )
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return []
+        cur = await conn.execute(
+            "select distinct t.step_slug, t.queue_name from pgflow.step_tasks as t"
+            " join pgflow.runs as r on r.run_id = t.run_id and r.status = 'started'"
+            " where t.run_id = %s and t.status = 'queued'"
+            " and not exists (select 1 from pgflow.workers as w"
+            "  where w.queue_name = t.queue_name and w.stopped_at is null"
+            "  and w.deprecated_at is null"
+            "  and w.last_heartbeat_at > now() - make_interval(secs => %s))"
+            " order by 1",
+            (run_id, _WORKER_ALIVE_SECONDS),
+        )
+        return [(r[0], r[1]) for r in await cur.fetchall()]
 
 
 @app.command()

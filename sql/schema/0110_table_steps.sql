@@ -5,7 +5,8 @@
 -- step and against `{dep_slug: output}` of its completed dependencies otherwise. `when_unmet`
 -- says what an unmet condition does ('fail' the step and the run, 'skip' the step,
 -- 'skip-cascade' it and everything downstream); `when_exhausted` says the same for a task that
--- ran out of attempts. The columns after `created_at` keep the order they were added in, which
+-- ran out of attempts. `queue_name` is the pgmq queue of the step's messages: lower(flow_slug)
+-- in queue mode 'flow', the step's private queue in mode 'step'. The columns after `created_at` keep the order they were added in, which
 -- is the order of the pgflow.steps row type.
 create table pgflow.steps (
   flow_slug text not null references pgflow.flows (flow_slug),
@@ -22,6 +23,7 @@ create table pgflow.steps (
   forbidden_input_pattern jsonb,
   when_unmet text not null default 'skip',
   when_exhausted text not null default 'fail',
+  queue_name text not null,
   primary key (flow_slug, step_slug),
   unique (flow_slug, step_index),
   constraint steps_step_slug_check check (pgflow.is_valid_slug(step_slug)),
@@ -36,7 +38,8 @@ create table pgflow.steps (
   constraint forbidden_input_pattern_is_object check (
     forbidden_input_pattern is null or jsonb_typeof(forbidden_input_pattern) = 'object'),
   constraint when_unmet_is_valid check (when_unmet in ('fail', 'skip', 'skip-cascade')),
-  constraint when_exhausted_is_valid check (when_exhausted in ('fail', 'skip', 'skip-cascade'))
+  constraint when_exhausted_is_valid check (when_exhausted in ('fail', 'skip', 'skip-cascade')),
+  constraint queue_name_is_valid check (pgflow.is_valid_queue_name(queue_name))
 );
 
 -- Step slugs are unique in their flow ignoring case, as in pgflow 0.17.

@@ -1,7 +1,8 @@
 -- Step tasks: one row per task of a started step (one for a single step, one per element for
 -- a map), tied to its pgmq message; `attempts_count` counts the attempts started. A task goes
 -- `queued` -> `started` -> `completed` or `failed` (back to `queued` for a retry); it ends
--- `skipped` when its step is skipped and `cancelled` when its run fails first.
+-- `skipped` when its step is skipped and `cancelled` when its run fails first. `queue_name` is
+-- its step's queue when the task was created: a message is known by (queue_name, message_id).
 create table pgflow.step_tasks (
   flow_slug text not null references pgflow.flows (flow_slug),
   run_id uuid not null references pgflow.runs (run_id),
@@ -20,6 +21,7 @@ create table pgflow.step_tasks (
   requeued_count integer not null default 0,
   last_requeued_at timestamptz,
   permanently_stalled_at timestamptz,
+  queue_name text not null,
   primary key (run_id, step_slug, task_index),
   foreign key (run_id, step_slug) references pgflow.step_states (run_id, step_slug),
   constraint valid_status check (
@@ -36,10 +38,12 @@ create table pgflow.step_tasks (
   constraint completed_at_is_after_started_at check (
     completed_at is null or started_at is null or completed_at >= started_at),
   constraint failed_at_is_after_started_at check (
-    failed_at is null or started_at is null or failed_at >= started_at)
+    failed_at is null or started_at is null or failed_at >= started_at),
+  constraint queue_name_is_valid check (pgflow.is_valid_queue_name(queue_name))
 );
 
-create index idx_step_tasks_message_id on pgflow.step_tasks (flow_slug, message_id);
+create unique index idx_step_tasks_queue_message on pgflow.step_tasks (queue_name, message_id)
+  where message_id is not null;
 -- Keyed like the primary key: planners without statistics happily pick this partial index for
 -- a primary-key lookup that also names the status, and it must stay a single probe then.
 create index idx_step_tasks_active on pgflow.step_tasks (run_id, step_slug, task_index)

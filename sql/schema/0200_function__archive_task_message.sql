@@ -9,17 +9,17 @@ language plpgsql
 set search_path to pg_catalog, pg_temp
 as $fn$
 declare
-  v_flow_slug text;
+  v_queue_name text;
   v_message_id bigint;
 begin
-  select t.flow_slug, t.message_id
-    into v_flow_slug, v_message_id
+  select t.queue_name, t.message_id
+    into v_queue_name, v_message_id
     from pgflow.step_tasks as t
    where t.run_id = p_run_id
      and t.step_slug = p_step_slug
      and t.task_index = p_task_index;
   if v_message_id is not null then
-    perform pgmq.archive(v_flow_slug, v_message_id);
+    perform pgmq.archive(v_queue_name, v_message_id);
   end if;
 end;
 $fn$;

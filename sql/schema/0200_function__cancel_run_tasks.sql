@@ -7,18 +7,20 @@ language plpgsql
 set search_path to pg_catalog, pg_temp
 as $fn$
 declare
-  v_flow_slug text;
   v_count integer;
+  v_queues text[];
   v_message_ids bigint[];
+  v_queue record;
 begin
-  -- Lock the rows in message order first: start_tasks claims tasks in that order, so the two
-  -- never wait for each other in a cycle. (The update alone locks in whatever order its plan
-  -- visits the rows.) Task rows are always updated before the queue's rows are touched.
+  -- Lock the rows in (queue, message) order first: start_tasks claims one queue's tasks in
+  -- message order, so the two never wait for each other in a cycle. (The update alone locks
+  -- in whatever order its plan visits the rows.) Task rows are always updated before the
+  -- queues' rows are touched; the messages are archived queue by queue.
   perform 1
      from pgflow.step_tasks as t
     where t.run_id = p_run_id
       and t.status in ('queued', 'started')
-    order by t.message_id
+    order by t.queue_name, t.message_id
       for update;
 
   with cancelled as (
@@ -26,15 +28,20 @@ begin
        set status = 'cancelled'
      where t.run_id = p_run_id
        and t.status in ('queued', 'started')
-    returning t.flow_slug, t.message_id
+    returning t.queue_name, t.message_id
   )
-  select min(cancelled.flow_slug), count(*),
+  select count(*),
+         array_agg(cancelled.queue_name) filter (where cancelled.message_id is not null),
          array_agg(cancelled.message_id) filter (where cancelled.message_id is not null)
-    into v_flow_slug, v_count, v_message_ids
+    into v_count, v_queues, v_message_ids
     from cancelled;
-  if cardinality(v_message_ids) > 0 then
-    perform pgmq.archive(v_flow_slug, v_message_ids);
-  end if;
+  for v_queue in
+    select m.queue_name, array_agg(m.message_id) as message_ids
+      from unnest(v_queues, v_message_ids) as m (queue_name, message_id)
+     group by m.queue_name
+  loop
+    perform pgmq.archive(v_queue.queue_name, v_queue.message_ids);
+  end loop;
   return v_count;
 end;
 $fn$;

@@ -16,7 +16,9 @@ set search_path to pg_catalog, pg_temp
 as $fn$
 declare
   v_state pgflow.step_states;
+  v_queues text[];
   v_message_ids bigint[];
+  v_queue record;
 begin
   update pgflow.step_states as ss
      set status = 'skipped',
@@ -38,7 +40,7 @@ begin
     where t.run_id = p_run_id
       and t.step_slug = p_step_slug
       and t.status in ('queued', 'started')
-    order by t.message_id
+    order by t.queue_name, t.message_id
       for update;
 
   with ended as (
@@ -47,14 +49,19 @@ begin
      where t.run_id = p_run_id
        and t.step_slug = p_step_slug
        and t.status in ('queued', 'started')
-    returning t.message_id
+    returning t.queue_name, t.message_id
   )
-  select array_agg(ended.message_id) filter (where ended.message_id is not null)
-    into v_message_ids
+  select array_agg(ended.queue_name) filter (where ended.message_id is not null),
+         array_agg(ended.message_id) filter (where ended.message_id is not null)
+    into v_queues, v_message_ids
     from ended;
-  if cardinality(v_message_ids) > 0 then
-    perform pgmq.archive(v_state.flow_slug, v_message_ids);
-  end if;
+  for v_queue in
+    select m.queue_name, array_agg(m.message_id) as message_ids
+      from unnest(v_queues, v_message_ids) as m (queue_name, message_id)
+     group by m.queue_name
+  loop
+    perform pgmq.archive(v_queue.queue_name, v_queue.message_ids);
+  end loop;
 
   if p_release_dependents then
     -- A map step has exactly one dependency: when it is skipped, there is nothing to map.

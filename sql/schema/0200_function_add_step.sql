@@ -22,13 +22,24 @@ declare
   v_deps text[] := coalesce(add_step.deps_slugs, '{}');
   v_step pgflow.steps;
   v_unknown text[];
+  v_queue_mode text;
 begin
-  perform 1 from pgflow.flows as f where f.flow_slug = add_step.flow_slug for update;
+  perform pg_advisory_xact_lock(1, hashtext(lower(add_step.flow_slug)));
+  select f.queue_mode into v_queue_mode
+    from pgflow.flows as f where f.flow_slug = add_step.flow_slug for update;
   if not found then
     raise exception using
       errcode = 'foreign_key_violation',
       message = format('add_step: flow %s does not exist; create it with pgflow.create_flow first',
                        coalesce(quote_literal(add_step.flow_slug), 'NULL'));
+  end if;
+
+  if v_queue_mode = 'step' then
+    raise exception using
+      errcode = 'feature_not_supported',
+      message = format('add_step: flow %L has a queue per step: its steps cannot be added one '
+                       'by one', add_step.flow_slug),
+      hint = 'Compile the whole flow with pgflow.ensure_flow_compiled(slug, shape, ''step'').';
   end if;
 
   if not pgflow.is_valid_slug(add_step.step_slug) then
@@ -132,7 +143,7 @@ begin
   insert into pgflow.steps as s (
     flow_slug, step_slug, step_type, step_index, deps_count,
     opt_max_attempts, opt_base_delay, opt_timeout, opt_start_delay,
-    required_input_pattern, forbidden_input_pattern, when_unmet, when_exhausted)
+    required_input_pattern, forbidden_input_pattern, when_unmet, when_exhausted, queue_name)
   values (
     add_step.flow_slug, add_step.step_slug, add_step.step_type,
     (select coalesce(max(x.step_index) + 1, 0) from pgflow.steps as x
@@ -140,7 +151,7 @@ begin
     cardinality(v_deps),
     add_step.max_attempts, add_step.base_delay, add_step.timeout, add_step.start_delay,
     add_step.required_input_pattern, add_step.forbidden_input_pattern,
-    add_step.when_unmet, add_step.when_exhausted)
+    add_step.when_unmet, add_step.when_exhausted, lower(add_step.flow_slug))
   returning * into v_step;
 
   insert into pgflow.deps (flow_slug, dep_slug, step_slug)

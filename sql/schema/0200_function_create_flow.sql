@@ -1,4 +1,6 @@
--- Defines a flow (idempotent: an existing flow is returned unchanged) and creates its pgmq queue.
+-- Defines a flow (idempotent: an existing flow is returned unchanged) and creates its pgmq queue,
+-- named lower(flow_slug) (none for a flow in queue mode 'step'). A queue of that name that no
+-- flow owns is refused rather than adopted, as in pgflow 0.17.
 create or replace function pgflow.create_flow(
   flow_slug text,
   max_attempts integer default null,
@@ -49,6 +51,16 @@ begin
                        'flow slugs are unique ignoring case', create_flow.flow_slug, v_other);
   end if;
 
+  if not exists (select 1 from pgflow.flows as f where f.flow_slug = create_flow.flow_slug)
+     and exists (select 1 from pgmq.list_queues() as q
+                  where lower(q.queue_name) = lower(create_flow.flow_slug)) then
+    raise exception using
+      errcode = 'unique_violation',
+      message = format('create_flow: cannot create flow %L: the queue %L exists already and no '
+                       'flow owns it', create_flow.flow_slug, lower(create_flow.flow_slug)),
+      hint = 'Drop that queue (pgmq.drop_queue) if nothing needs it, or choose another slug.';
+  end if;
+
   insert into pgflow.flows as f (flow_slug, opt_max_attempts, opt_base_delay, opt_timeout)
   values (create_flow.flow_slug,
           coalesce(create_flow.max_attempts, 3),
@@ -56,11 +68,12 @@ begin
           coalesce(create_flow.timeout, 60))
   on conflict on constraint flows_pkey do nothing;
 
-  if not exists (select 1 from pgmq.meta as m where m.queue_name = create_flow.flow_slug) then
-    perform pgmq.create(create_flow.flow_slug);
-  end if;
-
   select * into v_flow from pgflow.flows as f where f.flow_slug = create_flow.flow_slug;
+  if v_flow.queue_mode = 'flow'
+     and not exists (select 1 from pgmq.list_queues() as q
+                      where lower(q.queue_name) = lower(create_flow.flow_slug)) then
+    perform pgmq.create(lower(create_flow.flow_slug));
+  end if;
   return v_flow;
 end;
 $fn$;

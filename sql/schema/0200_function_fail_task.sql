@@ -92,7 +92,7 @@ begin
        and t.task_index = fail_task.task_index
     returning * into v_task;
     if v_task.message_id is not null then
-      perform pgmq.set_vt(v_run.flow_slug, v_task.message_id,
+      perform pgmq.set_vt(v_task.queue_name, v_task.message_id,
                           pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count));
     end if;
     return next v_task;

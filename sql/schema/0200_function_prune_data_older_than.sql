@@ -31,14 +31,14 @@ begin
     -- Normally every message of a finished run is archived already; delete any left over,
     -- so that no message outlives its task.
     for v_queue in
-      select t.flow_slug, array_agg(t.message_id) as message_ids
+      select t.queue_name, array_agg(t.message_id) as message_ids
         from pgflow.step_tasks as t
-        join pgmq.meta as m on m.queue_name = t.flow_slug
        where t.run_id = any (v_runs)
          and t.message_id is not null
-       group by t.flow_slug
+         and exists (select 1 from pgmq.meta as m where lower(m.queue_name) = t.queue_name)
+       group by t.queue_name
     loop
-      perform pgmq.delete(v_queue.flow_slug, v_queue.message_ids);
+      perform pgmq.delete(v_queue.queue_name, v_queue.message_ids);
     end loop;
 
     -- Supabase's Realtime server owns and expires its own messages table: leave it alone.
@@ -55,10 +55,17 @@ begin
   end if;
 
   for v_queue in
-    select f.flow_slug from pgflow.flows as f join pgmq.meta as m on m.queue_name = f.flow_slug
+    select distinct s.queue_name
+      from pgflow.steps as s
+     where exists (select 1 from pgmq.meta as m where lower(m.queue_name) = s.queue_name)
+    union
+    select lower(f.flow_slug)
+      from pgflow.flows as f
+     where f.queue_mode = 'flow'
+       and exists (select 1 from pgmq.meta as m where lower(m.queue_name) = lower(f.flow_slug))
   loop
     execute format('delete from pgmq.%I where archived_at < $1',
-                   pgmq.format_table_name(v_queue.flow_slug, 'a'))
+                   pgmq.format_table_name(v_queue.queue_name, 'a'))
       using v_cutoff;
   end loop;
 

@@ -12,7 +12,7 @@ declare
   v_requeued integer := 0;
 begin
   for v_task in
-    select t.run_id, t.step_slug, t.task_index, t.flow_slug, t.message_id, t.requeued_count
+    select t.run_id, t.step_slug, t.task_index, t.queue_name, t.message_id, t.requeued_count
       from pgflow.step_tasks as t
       join pgflow.runs as r on r.run_id = t.run_id
       join pgflow.step_states as ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
@@ -38,7 +38,7 @@ begin
          and t.step_slug = v_task.step_slug
          and t.task_index = v_task.task_index;
       if v_task.message_id is not null then
-        perform pgmq.set_vt(v_task.flow_slug, v_task.message_id, 0);
+        perform pgmq.set_vt(v_task.queue_name, v_task.message_id, 0);
       end if;
       v_requeued := v_requeued + 1;
     else
@@ -48,7 +48,7 @@ begin
          and t.step_slug = v_task.step_slug
          and t.task_index = v_task.task_index;
       if v_task.message_id is not null then
-        perform pgmq.archive(v_task.flow_slug, v_task.message_id);
+        perform pgmq.archive(v_task.queue_name, v_task.message_id);
       end if;
     end if;
   end loop;

@@ -1,5 +1,5 @@
 -- Starts every created step whose dependencies are done and whose task count is known and
--- positive: one queue message per task, sent with the step's start delay.
+-- positive: one queue message per task, sent to the step's queue with the step's start delay.
 create or replace function pgflow.start_ready_steps(run_id uuid)
 returns void
 language plpgsql
@@ -17,7 +17,7 @@ begin
   end if;
 
   for v_step in
-    select ss.step_slug, ss.initial_tasks, st.opt_start_delay
+    select ss.step_slug, ss.initial_tasks, st.opt_start_delay, st.queue_name
       from pgflow.step_states as ss
       join pgflow.steps as st
         on st.flow_slug = ss.flow_slug and st.step_slug = ss.step_slug
@@ -49,11 +49,13 @@ begin
 
     -- Message ids come from one sequence in insertion order, so the k-th smallest id
     -- belongs to task k.
-    insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id)
+    insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
+                                   queue_name)
     select v_flow_slug, start_ready_steps.run_id, v_step.step_slug,
-           (row_number() over (order by sent.msg_id) - 1)::integer, sent.msg_id
+           (row_number() over (order by sent.msg_id) - 1)::integer, sent.msg_id,
+           v_step.queue_name
       from pgmq.send_batch(
-             v_flow_slug,
+             v_step.queue_name,
              array(
                select jsonb_build_object(
                         'flow_slug', v_flow_slug,

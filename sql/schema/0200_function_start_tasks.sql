@@ -4,7 +4,15 @@
 -- that time means the lease expired (the worker vanished or the handler hung): that attempt is
 -- failed through fail_task, which retries it with backoff or fails the step. Any other message
 -- (its task finished, skipped, cancelled, or not found) claims nothing.
-create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
+-- The messages are those of one queue: queue_name, the flow's (lower(flow_slug)) in queue mode
+-- 'flow', or in mode 'step' the queue of step_slug, which must then be given (pgflow 0.17).
+create or replace function pgflow.start_tasks(
+  flow_slug text,
+  msg_ids bigint[],
+  worker_id uuid,
+  queue_name text,
+  step_slug text default null
+)
 returns setof pgflow.step_task_record
 language plpgsql
 set search_path to pg_catalog, pg_temp
@@ -22,7 +30,36 @@ declare
   v_claimed_ids bigint[] := '{}';
   v_offsets integer[] := '{}';
   v_extended integer;
+  v_mode text;
 begin
+  select f.queue_mode into v_mode from pgflow.flows as f where f.flow_slug = start_tasks.flow_slug;
+  if not found then
+    return;  -- an unknown flow has nothing to claim
+  end if;
+  if v_mode = 'step' then
+    if start_tasks.step_slug is null then
+      raise exception using
+        errcode = 'invalid_parameter_value',
+        message = format('start_tasks: flow %L has a queue per step: name the step whose queue '
+                         '%L was read (step_slug)', start_tasks.flow_slug, start_tasks.queue_name);
+    end if;
+    if not exists (select 1 from pgflow.steps as s
+                    where s.flow_slug = start_tasks.flow_slug
+                      and s.step_slug = start_tasks.step_slug
+                      and s.queue_name = start_tasks.queue_name) then
+      raise exception using
+        errcode = 'invalid_parameter_value',
+        message = format('start_tasks: step %L of flow %L does not use the queue %L',
+                         start_tasks.step_slug, start_tasks.flow_slug, start_tasks.queue_name),
+        hint = 'Read the queue stored for the step in pgflow.steps.queue_name.';
+    end if;
+  elsif start_tasks.step_slug is not null then
+    raise exception using
+      errcode = 'invalid_parameter_value',
+      message = format('start_tasks: flow %L has one queue for all its steps: step_slug %L '
+                       'cannot be given', start_tasks.flow_slug, start_tasks.step_slug);
+  end if;
+
   -- One index probe per message id. (A set-based lookup is at the planner's mercy: on tables
   -- without fresh statistics it can scan every task of a big map on each call.)
   foreach v_msg_id in array array(
@@ -31,8 +68,10 @@ begin
   loop
     select * into v_task
       from pgflow.step_tasks as t
-     where t.flow_slug = start_tasks.flow_slug and t.message_id = v_msg_id;
-    if found then
+     where t.queue_name = start_tasks.queue_name and t.message_id = v_msg_id;
+    -- A message of another flow or step claims nothing.
+    if found and v_task.flow_slug = start_tasks.flow_slug
+       and (start_tasks.step_slug is null or v_task.step_slug = start_tasks.step_slug) then
       v_tasks := v_tasks || v_task;
     end if;
   end loop;
@@ -126,7 +165,7 @@ begin
   -- read it again meanwhile: a message gone from the queue undoes the whole claim (SQLSTATE
   -- 22P02, as pgflow's).
   select count(*) into v_extended
-    from pgflow.set_vt_batch(start_tasks.flow_slug, v_claimed_ids, v_offsets);
+    from pgflow.set_vt_batch(start_tasks.queue_name, v_claimed_ids, v_offsets);
   if v_extended <> cardinality(v_claimed_ids) then
     raise exception using
       errcode = 'invalid_text_representation',
@@ -134,7 +173,18 @@ begin
                        v_extended, cardinality(v_claimed_ids)),
       detail = format('Claimed messages of queue %L: %s. A message of a queued task was deleted '
                       'or archived outside pgflow; nothing was claimed.',
-                      start_tasks.flow_slug, v_claimed_ids);
+                      start_tasks.queue_name, v_claimed_ids);
   end if;
 end;
+$fn$;
+
+-- The three-argument form of pgflow up to 0.16 (and of @pgflow/core 0.8.1's workers): claims from
+-- the flow's queue, lower(flow_slug), of a flow in queue mode 'flow'.
+create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
+returns setof pgflow.step_task_record
+language sql
+set search_path to pg_catalog, pg_temp
+as $fn$
+  select * from pgflow.start_tasks(start_tasks.flow_slug, start_tasks.msg_ids,
+                                   start_tasks.worker_id, lower(start_tasks.flow_slug))
 $fn$;

@@ -56,27 +56,34 @@ def table_cells(text: str) -> list[list[str]]:
 # -- SQL: functions and tables ------------------------------------------------------------------
 
 
-def catalog_functions(conn: Conn) -> dict[str, list[str]]:
+def catalog_functions(conn: Conn) -> dict[str, list[list[str]]]:
+    """Each function's argument lists, one per signature (overloads sorted)."""
     rows = conn.execute(
         "select p.proname, coalesce(p.proargnames, '{}'), p.proargmodes::text[]"
         " from pg_proc p where p.pronamespace = 'pgflow'::regnamespace order by 1"
     ).fetchall()
-    functions: dict[str, list[str]] = {}
+    functions: dict[str, list[list[str]]] = {}
     for name, arg_names, modes in rows:
         inputs = [n for i, n in enumerate(arg_names) if modes is None or modes[i] in ("i", "b")]
-        assert name not in functions, f"pgflow.{name} is overloaded; document each signature"
-        functions[name] = inputs
-    return functions
+        functions.setdefault(name, []).append(inputs)
+    return {name: sorted(signatures) for name, signatures in functions.items()}
 
 
-def documented_functions() -> dict[str, list[str]]:
+def documented_functions() -> dict[str, list[list[str]]]:
+    """Each documented function's signatures: the lines right under its heading."""
     text = SQL_PAGE.read_text(encoding="utf-8")
-    functions: dict[str, list[str]] = {}
-    for match in re.finditer(r"^#### `pgflow\.(\w+)`\n\n`pgflow\.(\w+)\(([^`]*?)\) → ", text, re.M):
-        heading, name, arguments = match.groups()
-        assert heading == name, f"the signature under pgflow.{heading} is for pgflow.{name}"
-        functions[name] = [a.split()[0] for a in arguments.split(", ") if a]
-    return functions
+    functions: dict[str, list[list[str]]] = {}
+    for match in re.finditer(r"^#### `pgflow\.(\w+)`\n\n((?:`pgflow\.[^\n]*\n)+)", text, re.M):
+        heading, lines = match.groups()
+        for line in lines.splitlines():
+            signature = re.match(r"^`pgflow\.(\w+)\(([^`]*?)\) → ", line)
+            assert signature is not None, line
+            name, arguments = signature.groups()
+            assert heading == name, f"the signature under pgflow.{heading} is for pgflow.{name}"
+            functions.setdefault(name, []).append(
+                [a.split()[0] for a in arguments.split(", ") if a]
+            )
+    return {name: sorted(signatures) for name, signatures in functions.items()}
 
 
 def test_every_sql_function_is_documented_with_its_arguments(conn: Conn) -> None:

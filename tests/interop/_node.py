@@ -292,6 +292,8 @@ class NodeTaskLoop:
         *,
         shape: Mapping[str, Any] | None = None,
         pgflow_version: str | None = None,
+        routes: list[dict[str, str]] | None = None,
+        serve: list[str] | None = None,
         **settings: int,
     ) -> None:
         """``shape`` given, the loop starts as pgflow 0.17's worker does: it compiles the flow
@@ -302,6 +304,11 @@ class NodeTaskLoop:
         self.settings: dict[str, Any] = dict(settings)
         if shape is not None:
             self.settings.update(shape=shape, pgflow_version=pgflow_version)
+        if routes is not None:
+            # Serve these steps of a flow with per-step queues, each from its own queue.
+            self.settings.update(routes=routes, serve=serve)
+        served = [r for r in routes or [] if serve is None or r["stepSlug"] in serve]
+        self._queue = served[0]["queueName"] if served else flow_slug
         self._log: IO[bytes] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.summary: dict[str, Any] | None = None
@@ -331,7 +338,7 @@ class NodeTaskLoop:
         while True:
             row = conn.execute(
                 "select count(*) from pgflow.workers where queue_name = %s and function_name = %s",
-                (self.flow_slug, self.FUNCTION_NAME),
+                (self._queue, self.FUNCTION_NAME),
             ).fetchone()
             if row and row[0]:
                 return

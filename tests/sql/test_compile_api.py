@@ -202,6 +202,8 @@ def test_a_mismatch_on_a_local_stack_recompiles_deleting_the_runs(conn: Conn) ->
             "Step at index 0: slug differs 'only' vs 'fetch'",
             "Step at index 1: missing in first shape (second has 'each')",
             "Step at index 2: missing in first shape (second has 'notify')",
+            "Step routes differ: database has [fetch -> orders, each -> orders, notify -> orders],"
+            " worker expects [only -> orders]",
         ],
         "mismatchKind": None,
     }
@@ -247,22 +249,6 @@ def test_workers_starting_together_compile_once(db_url: str) -> None:
         assert conn.execute("select count(*) from pgflow.steps").fetchone() == (3,)
 
 
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (("step",), "queue mode 'step'"),
-        (("flow", Jsonb([{"stepSlug": "fetch", "queueName": "orders"}])), "with a route map"),
-    ],
-    ids=["step-mode", "route-map"],
-)
-def test_per_step_queues_are_refused(conn: Conn, args: tuple[Any, ...], needle: str) -> None:
-    before = row_counts(conn)
-    with raises_sqlstate("0A000", "'orders'", needle, "per-step queues are not supported"):
-        ensure(conn, "orders", ORDERS, *args)
-    assert row_counts(conn) == before
-    assert ensure(conn, "orders", ORDERS, "flow", None)["status"] == "compiled"
-
-
 @pytest.mark.parametrize("bad", [None, [], {"steps": {}}, {"nosteps": []}, "text"])
 def test_a_malformed_shape_is_refused(conn: Conn, bad: Any) -> None:
     before = row_counts(conn)
@@ -287,8 +273,6 @@ def test_shapes_round_trip_and_an_unknown_flow_has_no_steps(conn: Conn) -> None:
     assert stored_shape(conn, "nothing") == {"steps": []}
     conn.execute("select pgflow._create_flow_from_shape('orders', %s)", (Jsonb(ORDERS),))
     assert compare(conn, ORDERS, stored_shape(conn, "orders")) == []
-    with raises_sqlstate("0A000", "queue mode 'step'"):
-        conn.execute("select pgflow._create_flow_from_shape('other', %s, 'step')", (Jsonb(ORDERS),))
 
 
 def test_compare_reads_missing_condition_keys_as_defaults(conn: Conn) -> None:

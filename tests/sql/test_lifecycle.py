@@ -340,8 +340,10 @@ PGFLOW_CHECKS = {
         "opt_max_attempts_is_nonnegative",
         "opt_base_delay_is_nonnegative",
         "opt_timeout_is_positive",
+        "queue_mode_is_valid",
     },
     "steps": {
+        "queue_name_is_valid",
         "steps_deps_count_check",
         "steps_step_slug_check",
         "steps_step_type_check",
@@ -376,6 +378,7 @@ PGFLOW_CHECKS = {
         "skipped_at_is_after_created_at",
     },
     "step_tasks": {
+        "queue_name_is_valid",
         "valid_status",
         "output_valid_only_for_completed",
         "attempts_count_nonnegative",

@@ -220,7 +220,8 @@ def test_every_object_has_its_own_file(built: tuple[Catalog, str]) -> None:
         text = path.read_text(encoding="utf-8")
         defined = re.findall(r"^create or replace function pgflow\.(\w+)\(", text, re.M)
         if "_function_" in path.name:
-            assert defined == [path.stem.split("_function_", 1)[1]], path.name
+            # One function per file, its overloads included (start_tasks has two forms).
+            assert set(defined) == {path.stem.split("_function_", 1)[1]}, path.name
         else:
             assert defined == [], f"{path.name} defines a function: give it its own file"
 

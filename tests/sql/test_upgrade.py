@@ -397,3 +397,35 @@ def test_a_derived_migration_upgrades_runs_in_flight(
         migrated = read_catalog(conn)
     assert catalog_diff(schema_catalog(stack, root), migrated) == ""
     assert "Retry: requeued" in migrated["functions"]["pgflow.fail_task(uuid,text,integer,text)"]
+
+
+def test_the_queue_upgrade_keeps_flows_of_any_case_running(database: str, role: str) -> None:
+    """0004 records every step's and task's queue as lower(flow_slug): runs in flight of a
+    mixed-case flow, whose queue pgmq listed under its mixed-case name, finish after it, and
+    the flow's definition still verifies in queue mode 'flow'."""
+    index = next(i for i, m in enumerate(MIGRATIONS) if m.path.name == "0004_step_queues.sql")
+    migrate(database, target=MIGRATIONS[index - 1].version)
+    with psycopg.connect(database, autocommit=True) as conn:
+        define_flow(conn, "Mixed", [("a", []), ("b", ["a"])])
+        run_id = start_flow(conn, "Mixed", {"n": 1})
+        (a,) = read_and_start(conn, "Mixed")
+        queued = start_flow(conn, "Mixed", {"n": 2})
+
+        migrate(database)
+
+        assert set(
+            conn.execute("select distinct queue_name from pgflow.step_tasks").fetchall()
+        ) == {("mixed",)}
+        assert conn.execute(
+            "select queue_name from pgflow.steps where flow_slug = 'Mixed' order by step_index"
+        ).fetchall() == [("mixed",), ("mixed",)]
+        complete(conn, a, "A")
+        drain(conn, "Mixed", lambda task: task.step_slug)
+        assert run_row(conn, run_id)["output"] == {"b": "b"}
+        assert run_row(conn, queued)["status"] == "completed"
+        assert conn.execute("select count(*) from pgmq.q_mixed").fetchone() == (0,)
+        row = conn.execute(
+            "select pgflow.ensure_flow_compiled('Mixed', pgflow._get_flow_shape('Mixed'))"
+        ).fetchone()
+        assert row is not None
+        assert row[0]["status"] == "verified"

@@ -259,8 +259,11 @@ def _assert_stored(conn: psycopg.Connection[Any], flow: Flow) -> None:
     assert sorted(deps) == sorted(
         (dep, step.slug) for step in flow.steps for dep in step.dependencies
     )
-    queue = conn.execute("select 1 from pgmq.meta where queue_name = %s", (flow.slug,)).fetchone()
-    assert queue == (1,), f"create_flow should create the pgmq queue {flow.slug!r}"
+    # Named as the flow by pgflow up to 0.16, lower(flow_slug) since 0.17.
+    queue = conn.execute(
+        "select 1 from pgmq.meta where lower(queue_name) = lower(%s)", (flow.slug,)
+    ).fetchone()
+    assert queue == (1,), f"create_flow should create the pgmq queue of {flow.slug!r}"
 
 
 # -- conditions (pgflow 0.14; the npm @pgflow/dsl 0.8.1 predates them) --------------------------

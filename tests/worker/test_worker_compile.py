@@ -94,6 +94,8 @@ async def test_a_changed_flow_in_production_stops_the_worker_and_changes_nothing
     assert caught.value.differences == [
         "Step at index 1: slug differs 'each' vs 'total'",
         "Step at index 1: type differs 'map' vs 'single'",
+        "Step routes differ: database has [fetch -> orders, total -> orders],"
+        " worker expects [fetch -> orders, each -> orders]",
     ]
     assert await query(db_url, counts) == before, "nothing changed, no worker row added"
     assert await query(db_url, "select worker_id from pgflow.workers") == [(first.worker_id,)]

@@ -11,6 +11,10 @@
 //   same `sql` connection: pgflow.ensure_flow_compiled (a mismatch ends it with an error),
 //   pgflow.track_worker_function(name, 'process'), then its workers row with pgflow_version.
 //   pgflow_version (null): what it writes there.
+//   routes: [{stepSlug, queueName}] of a flow with per-step queues (pgflow 0.17), and serve: the
+//   slugs of the steps the loop serves (default all), polling each one's queue and claiming with the five-argument
+//   pgflow.start_tasks (0.8.1's client knows only the three-argument one); given with shape, it
+//   compiles in queue mode 'step' with that route map.
 // Runs until SIGTERM or stdin closes, then finishes its batch and prints one JSON line:
 //   {worker_id, completed, failed, polls, compiled}
 import { randomUUID } from 'node:crypto';
@@ -80,10 +84,33 @@ async function execute(task) {
 }
 
 const FUNCTION_NAME = 'pgflow-core-task-loop';
+const served = config.routes?.filter((r) => !config.serve || config.serve.includes(r.stepSlug));
+const queueOf = (i) => (served ? served[i].queueName : config.flow_slug);
+
+// One poll of one step's queue, claimed as pgflow 0.17's worker claims: queue and step given.
+async function pollStep(route) {
+  const messages = await client.readMessages(
+    route.queueName,
+    config.visibility_timeout,
+    config.batch_size,
+    config.max_poll_seconds,
+    config.poll_interval_ms,
+  );
+  if (messages.length === 0) return [];
+  const ids = messages.map((message) => String(message.msg_id)).join(',');
+  return await sql`
+    select * from pgflow.start_tasks(
+      ${config.flow_slug}, string_to_array(${ids}::text, ',')::bigint[],
+      ${workerId}, ${route.queueName}, ${route.stepSlug})`;
+}
 let compiled = null;
 if (config.shape) {
-  const [{ result }] = await sql`
-    select pgflow.ensure_flow_compiled(${config.flow_slug}, ${sql.json(config.shape)}) as result`;
+  const [{ result }] = config.routes
+    ? await sql`
+      select pgflow.ensure_flow_compiled(${config.flow_slug}, ${sql.json(config.shape)}, 'step',
+                                         ${sql.json(config.routes)}) as result`
+    : await sql`
+      select pgflow.ensure_flow_compiled(${config.flow_slug}, ${sql.json(config.shape)}) as result`;
   compiled = result.status;
   if (compiled === 'mismatch') {
     console.error(`flow ${config.flow_slug} differs: ${result.differences.join('; ')}`);
@@ -93,11 +120,11 @@ if (config.shape) {
   await sql`select pgflow.track_worker_function(${FUNCTION_NAME}, 'process')`;
   await sql`
     insert into pgflow.workers (worker_id, queue_name, function_name, pgflow_version)
-    values (${workerId}, ${config.flow_slug}, ${FUNCTION_NAME}, ${config.pgflow_version ?? null})`;
+    values (${workerId}, ${queueOf(0)}, ${FUNCTION_NAME}, ${config.pgflow_version ?? null})`;
 } else {
   await sql`
     insert into pgflow.workers (worker_id, queue_name, function_name)
-    values (${workerId}, ${config.flow_slug}, ${FUNCTION_NAME})`;
+    values (${workerId}, ${queueOf(0)}, ${FUNCTION_NAME})`;
 }
 
 let lastHeartbeat = Date.now();
@@ -108,6 +135,13 @@ while (!stopping) {
               where worker_id = ${workerId}`;
   }
   polls += 1;
+  if (config.routes) {
+    for (const route of served) {
+      const tasks = await pollStep(route);
+      await Promise.all(tasks.map((task) => run(() => execute(task))));
+    }
+    continue;
+  }
   const messages = await client.readMessages(
     config.flow_slug,
     config.visibility_timeout,

@@ -15,6 +15,7 @@ from ._events import (
     StepStartedEvent,
 )
 from ._live import LiveRunView, live
+from ._records import RunRecord
 from ._run import FlowRun
 from ._status import FlowRunStatus, FlowStepStatus, FlowTaskStatus, SkipReason
 from ._step import FlowStep
@@ -24,11 +25,15 @@ from .errors import (
     FlowNotFound,
     InvalidFlowInput,
     InvalidRunData,
+    InvalidRunFilter,
     InvalidRunId,
     ListenUnavailable,
     PgflowClientError,
     RpcError,
     RunAlreadyExists,
+    RunAlreadyFinished,
+    RunNotFailed,
+    RunNotFound,
     StatusUnreachable,
     SubscriptionError,
     TransportError,
@@ -48,6 +53,7 @@ __all__ = [
     "FlowTaskStatus",
     "InvalidFlowInput",
     "InvalidRunData",
+    "InvalidRunFilter",
     "InvalidRunId",
     "ListenUnavailable",
     "LiveRunView",
@@ -55,8 +61,12 @@ __all__ = [
     "PgflowClientError",
     "RpcError",
     "RunAlreadyExists",
+    "RunAlreadyFinished",
     "RunCompletedEvent",
     "RunFailedEvent",
+    "RunNotFailed",
+    "RunNotFound",
+    "RunRecord",
     "RunStartedEvent",
     "SkipReason",
     "StatusUnreachable",

@@ -8,14 +8,24 @@ import logging
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self
 
 from ._events import FlowEvent, canonical_run_id, parse_broadcast
 from ._postgres import PostgresTransport
+from ._records import RunRecord, parse_run_record
 from ._run import FlowRun
+from ._status import FlowRunStatus
 from ._supabase import SupabaseTransport
 from ._transport import Transport, TransportHooks, check_json
-from .errors import ClientClosed, InvalidRunData, PgflowClientError
+from .errors import (
+    ClientClosed,
+    InvalidRunData,
+    InvalidRunFilter,
+    PgflowClientError,
+    RunNotFound,
+    TransportError,
+)
 
 if TYPE_CHECKING:
     from supabase import AsyncClient
@@ -23,6 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["PgflowClient"]
 
 log = logging.getLogger("pgflow.client")
+
+#: What ``list_runs`` filters on: a run status, or ``cancelled`` for the cancelled failed runs.
+LIST_STATUSES = ("started", "completed", "failed", "cancelled")
+#: The most runs one ``list_runs`` call returns (the SQL function's bound).
+MAX_LIST_LIMIT = 10000
 
 
 class PgflowClient:
@@ -144,9 +159,16 @@ class PgflowClient:
         cached = self._runs.get(rid) or self._finished.get(rid)
         if cached is not None:
             return cached
+        return await self._track(rid)
+
+    async def _track(self, rid: str, before: Callable[[], Any] | None = None) -> FlowRun | None:
+        """Subscribe to ``rid``, await ``before()`` if given (what creates the run), fetch its
+        snapshot and return the run, tracked; None when there is no such run."""
         self._buffers[rid] = []
         try:
             await self._transport.subscribe(rid)
+            if before is not None:
+                await before()
             snapshot = await self._transport.get_run_with_states(rid)
             if snapshot is None:
                 await self._transport.unsubscribe(rid)
@@ -173,6 +195,103 @@ class PgflowClient:
             # The same cover as after start_flow: the subscription is as young here.
             self._transport.after_start(rid)
         return run
+
+    # -- operating runs -----------------------------------------------------------------------
+
+    async def list_runs(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: FlowRunStatus | str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        before: str | uuid.UUID | None = None,
+    ) -> list[RunRecord]:
+        """Runs, newest first: at most ``limit``, optionally of one flow, with one status
+        (``started``, ``completed``, ``failed``, or ``cancelled`` for the cancelled among the
+        failed) and started at or after ``since``. For the next page pass the last record's
+        ``run_id`` as ``before``. Records are plain values: nothing is subscribed.
+        """
+        self._check_open()
+        wanted = status.value if isinstance(status, FlowRunStatus) else status
+        if wanted is not None and wanted not in LIST_STATUSES:
+            raise InvalidRunFilter(f"status {wanted!r} is not one of {', '.join(LIST_STATUSES)}")
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not (1 <= limit <= MAX_LIST_LIMIT)
+        ):
+            raise InvalidRunFilter(
+                f"limit must be an int from 1 to {MAX_LIST_LIMIT}, not {limit!r}"
+            )
+        if since is not None and (not isinstance(since, datetime) or since.tzinfo is None):
+            raise InvalidRunFilter(f"since must be a timezone-aware datetime, not {since!r}")
+        cursor = uuid.UUID(canonical_run_id(before)) if before is not None else None
+        rows = await self._transport.call_rows(
+            "list_runs",
+            {
+                "flow_slug": flow_slug,
+                "status": wanted,
+                "since": since,
+                "max_runs": limit,
+                "before_run_id": cursor,
+            },
+        )
+        return [parse_run_record(row) for row in rows]
+
+    async def cancel_run(self, run_id: str | uuid.UUID, *, reason: str | None = None) -> FlowRun:
+        """Cancel a started run and return it, ``failed`` and marked cancelled.
+
+        Its queued tasks and those waiting for a retry never start, its messages leave the
+        queue, no step starts afterwards, and a handler still running sees the cancellation
+        through its context. Raises :class:`RunNotFound` for an unknown run and
+        :class:`RunAlreadyFinished` when it has already ended (nothing changes then).
+        """
+        self._check_open()
+        rid = canonical_run_id(run_id)
+        (row,) = await self._call_one(
+            "cancel_run", {"run_id": uuid.UUID(rid), "reason": reason}, rid
+        )
+        run = self._runs.get(rid) or self._finished.get(rid)
+        if run is not None:
+            # Up to date now, without waiting for the broadcast (which is then a no-op).
+            run._apply_snapshot(row, (), emit=True)
+            return run
+        fetched = await self._track(rid)
+        if fetched is None:
+            raise RunNotFound(
+                f"cancel_run: run {rid} was deleted meanwhile", run_id=rid, function="cancel_run"
+            )
+        return fetched
+
+    async def retry_run(self, run_id: str | uuid.UUID) -> FlowRun:
+        """Start a new run of a failed (or cancelled) run's flow with the same input, and
+        return it, subscribed before it starts; its ``restart_of_run_id`` is ``run_id``.
+
+        The source run is left as it was. Raises :class:`RunNotFound` for an unknown run and
+        :class:`RunNotFailed` for one that has not failed.
+        """
+        self._check_open()
+        source = canonical_run_id(run_id)
+        new_id = str(uuid.uuid4())
+
+        async def start() -> None:
+            await self._call_one(
+                "retry_run", {"run_id": uuid.UUID(source), "new_run_id": uuid.UUID(new_id)}, source
+            )
+
+        run = await self._track(new_id, start)
+        if run is None:
+            raise TransportError(f"retry_run: the new run {new_id} of run {source} is missing")
+        return run
+
+    async def _call_one(
+        self, function: str, params: dict[str, Any], rid: str
+    ) -> list[dict[str, Any]]:
+        rows = await self._transport.call_rows(function, params)
+        if len(rows) != 1:
+            raise TransportError(f"{function} returned {len(rows)} rows for run {rid}, not one")
+        return rows
 
     # -- releasing ----------------------------------------------------------------------------
 

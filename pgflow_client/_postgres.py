@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ._transport import TransportHooks, nothing, rpc_error
+from ._transport import TransportHooks, nothing, rpc_error, subject_run
 from .dsn import describe_dsn, redact
 from .errors import ClientClosed, ListenUnavailable, SubscriptionError, TransportError
 
@@ -168,13 +168,37 @@ class PostgresTransport:
             raise self._error("get_run_with_states", exc, None) from None
         return None if row is None or row[0] is None else row[0]
 
+    async def call_rows(self, function: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self._check_open()
+        given = {name: value for name, value in params.items() if value is not None}
+        query = sql.SQL(
+            "select coalesce(jsonb_agg(to_jsonb(r)), '[]'::jsonb) from {}({}) as r"
+        ).format(
+            sql.Identifier("pgflow", function),
+            sql.SQL(", ").join(
+                sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder())
+                for name in given
+            ),
+        )
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(query, list(given.values()))
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise self._error(function, exc, None, subject_run(params)) from None
+        return [] if row is None else list(row[0])
+
     @staticmethod
-    def _error(function: str, exc: psycopg.Error, flow_slug: str | None) -> TransportError:
+    def _error(
+        function: str, exc: psycopg.Error, flow_slug: str | None, run_id: str | None = None
+    ) -> TransportError:
         diag = exc.diag
         message = diag.message_primary or str(exc)
-        if isinstance(exc, psycopg.OperationalError):
+        # psycopg files SQLSTATE class 55 (a run not in the state an operation needs) under
+        # OperationalError too: that is the server's answer, not a lost connection.
+        if isinstance(exc, psycopg.OperationalError) and not (exc.sqlstate or "").startswith("55"):
             return TransportError(f"{function} failed: the database connection failed: {exc}")
-        return rpc_error(function, exc.sqlstate, message, flow_slug=flow_slug)
+        return rpc_error(function, exc.sqlstate, message, flow_slug=flow_slug, run_id=run_id)
 
     # -- events -------------------------------------------------------------------------------
 

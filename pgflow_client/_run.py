@@ -100,6 +100,9 @@ class FlowRun(Tracked[FlowRunStatus]):
         self._completed_at = completed_at
         self._failed_at = failed_at
         self._remaining_steps = remaining_steps
+        self._cancelled_at: datetime | None = None
+        self._cancel_reason: str | None = None
+        self._restart_of_run_id: str | None = None
         self._on_dispose = on_dispose
         self._steps: dict[str, FlowStep] = {}
         self._sinks: list[asyncio.Queue[FlowEvent | None]] = []
@@ -154,6 +157,29 @@ class FlowRun(Tracked[FlowRunStatus]):
     def remaining_steps(self) -> int | None:
         """Steps not yet finished, as last reported by the server; ``None`` when unknown."""
         return self._remaining_steps
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled (``cancel_run``): it is then ``failed``.
+
+        Known from a snapshot (``get_run``, ``cancel_run``, a resync); the broadcast
+        ``run:failed`` of a cancellation carries only its error message."""
+        return self._cancelled_at is not None
+
+    @property
+    def cancelled_at(self) -> datetime | None:
+        """When the run was cancelled; ``None`` when it was not (or not known yet)."""
+        return self._cancelled_at
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """The reason given to ``cancel_run``, if any."""
+        return self._cancel_reason
+
+    @property
+    def restart_of_run_id(self) -> str | None:
+        """The run this one retries (``retry_run``), or ``None``."""
+        return self._restart_of_run_id
 
     @property
     def steps(self) -> Mapping[str, FlowStep]:
@@ -343,7 +369,9 @@ class FlowRun(Tracked[FlowRunStatus]):
         run = parse_run_row(run_row)
         steps = [parse_step_row(row) for row in step_rows]
         self._check_snapshot(run, steps)
-        failure = next((s.error_message for s in steps if s.status is FlowStepStatus.FAILED), None)
+        failure = run.cancel_message() or next(
+            (s.error_message for s in steps if s.status is FlowStepStatus.FAILED), None
+        )
         if emit:
             self._replay(run, steps, failure)
             return
@@ -391,6 +419,10 @@ class FlowRun(Tracked[FlowRunStatus]):
             if self._input is None:
                 self._input = row.input
             self._started_at = self._started_at or row.started_at
+            self._restart_of_run_id = self._restart_of_run_id or row.restart_of_run_id
+        if row.cancelled_at is not None and self._cancelled_at is None:
+            self._cancelled_at = row.cancelled_at
+            self._cancel_reason = row.cancel_reason
         if self._status is row.status:
             if self._output is None:
                 self._output = row.output

@@ -54,6 +54,16 @@ class RunRow(BaseModel):
     started_at: Timestamp | None = None
     completed_at: Timestamp | None = None
     failed_at: Timestamp | None = None
+    cancelled_at: Timestamp | None = None
+    cancel_reason: str | None = None
+    restart_of_run_id: RunId | None = None
+
+    def cancel_message(self) -> str | None:
+        """The error message a cancellation broadcasts, or None when the run was not
+        cancelled."""
+        if self.cancelled_at is None:
+            return None
+        return "Run cancelled" + (f": {self.cancel_reason}" if self.cancel_reason else "")
 
 
 class StepStateRow(BaseModel):

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._transport import TransportHooks, nothing, rpc_error
+from ._transport import TransportHooks, json_params, nothing, rpc_error, subject_run
 from .errors import ClientClosed, SubscriptionError, TransportError
 
 if TYPE_CHECKING:
@@ -334,7 +334,13 @@ class SupabaseTransport:
 
     # -- RPCs ---------------------------------------------------------------------------------
 
-    async def _rpc(self, function: str, params: dict[str, Any], flow_slug: str | None) -> Any:
+    async def _rpc(
+        self,
+        function: str,
+        params: dict[str, Any],
+        flow_slug: str | None,
+        run_id: str | None = None,
+    ) -> Any:
         from postgrest.exceptions import APIError
 
         if self._closed:
@@ -343,7 +349,7 @@ class SupabaseTransport:
             response = await self._supabase.schema("pgflow").rpc(function, params).execute()
         except APIError as exc:
             raise rpc_error(
-                function, exc.code, exc.message or str(exc), flow_slug=flow_slug
+                function, exc.code, exc.message or str(exc), flow_slug=flow_slug, run_id=run_id
             ) from None
         except Exception as exc:
             raise TransportError(f"{function} failed: {exc}") from exc
@@ -360,6 +366,15 @@ class SupabaseTransport:
         if not isinstance(data, dict) or "run" not in data:
             raise TransportError(f"start_flow_with_states returned no run for flow {flow_slug!r}")
         return data
+
+    async def call_rows(self, function: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        data = await self._rpc(function, json_params(params), None, subject_run(params))
+        if data is None:
+            return []
+        rows = [data] if isinstance(data, dict) else data
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise TransportError(f"{function} returned {type(data).__name__}, not rows")
+        return rows
 
     async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
         data = await self._rpc("get_run_with_states", {"run_id": run_id}, None)

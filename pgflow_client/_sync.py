@@ -41,6 +41,7 @@ from ._events import (
     StepSkippedEvent,
     StepStartedEvent,
 )
+from ._records import RunRecord
 from ._run import FlowRun
 from ._status import FlowRunStatus, FlowStepStatus, SkipReason
 from ._step import FlowStep
@@ -450,6 +451,22 @@ class SyncFlowRun(_SyncTracked[FlowRun]):
         return self._target.remaining_steps
 
     @property
+    def cancelled(self) -> bool:
+        return self._target.cancelled
+
+    @property
+    def cancelled_at(self) -> datetime | None:
+        return self._target.cancelled_at
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._target.cancel_reason
+
+    @property
+    def restart_of_run_id(self) -> str | None:
+        return self._target.restart_of_run_id
+
+    @property
     def disposed(self) -> bool:
         return self._target.disposed
 
@@ -688,6 +705,32 @@ class SyncPgflowClient:
         """The run with this id (cached, or fetched and subscribed), or ``None``."""
         run = self._portal.run(self._client.get_run(run_id))
         return SyncFlowRun(run, self._portal) if run is not None else None
+
+    def list_runs(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: FlowRunStatus | str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+        before: str | uuid.UUID | None = None,
+    ) -> list[RunRecord]:
+        """Runs, newest first; see :meth:`PgflowClient.list_runs`."""
+        return self._portal.run(
+            self._client.list_runs(
+                flow_slug=flow_slug, status=status, since=since, limit=limit, before=before
+            )
+        )
+
+    def cancel_run(self, run_id: str | uuid.UUID, *, reason: str | None = None) -> SyncFlowRun:
+        """Cancel a started run; see :meth:`PgflowClient.cancel_run`."""
+        run = self._portal.run(self._client.cancel_run(run_id, reason=reason))
+        return SyncFlowRun(run, self._portal)
+
+    def retry_run(self, run_id: str | uuid.UUID) -> SyncFlowRun:
+        """Start a new run retrying a failed one; see :meth:`PgflowClient.retry_run`."""
+        run = self._portal.run(self._client.retry_run(run_id))
+        return SyncFlowRun(run, self._portal)
 
     @property
     def runs(self) -> dict[str, SyncFlowRun]:

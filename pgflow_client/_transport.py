@@ -1,7 +1,8 @@
 """What the client needs from a transport, whichever way it reaches the database.
 
-A transport makes the two RPC calls (``start_flow_with_states`` and ``get_run_with_states``)
-and delivers each run's raw broadcast events. It calls back into the client with
+A transport makes the two RPC calls (``start_flow_with_states`` and ``get_run_with_states``),
+calls the functions that operate runs (``list_runs``, ``cancel_run``, ``retry_run``) and
+delivers each run's raw broadcast events. It calls back into the client with
 :class:`TransportHooks`: ``deliver`` for every raw event of a subscribed run, ``resync`` when
 events may have been missed (a reconnect, a rejoin, the first moments of a subscription), so
 the client refetches the snapshot and replays what it missed.
@@ -11,13 +12,31 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from .errors import FlowNotFound, InvalidFlowInput, RpcError, RunAlreadyExists
+from .errors import (
+    FlowNotFound,
+    InvalidFlowInput,
+    RpcError,
+    RunAlreadyExists,
+    RunAlreadyFinished,
+    RunNotFailed,
+    RunNotFound,
+)
 
-__all__ = ["Transport", "TransportHooks", "check_json", "nothing", "rpc_error"]
+__all__ = [
+    "Transport",
+    "TransportHooks",
+    "check_json",
+    "json_params",
+    "nothing",
+    "rpc_error",
+    "subject_run",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +74,11 @@ class Transport(Protocol):
 
     async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
         """The run's snapshot, or None when there is no such run."""
+        ...
+
+    async def call_rows(self, function: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Call ``pgflow.<function>`` with named arguments (None ones left to their default);
+        return the rows it returned, as JSON objects."""
         ...
 
     def after_start(self, run_id: str) -> None:
@@ -105,8 +129,24 @@ def check_json(flow_slug: str, value: Any) -> None:
         ) from None
 
 
-def rpc_error(function: str, code: str | None, message: str, *, flow_slug: str | None) -> RpcError:
+def rpc_error(
+    function: str,
+    code: str | None,
+    message: str,
+    *,
+    flow_slug: str | None,
+    run_id: str | None = None,
+) -> RpcError:
     """The specific exception for a refused RPC, from its SQLSTATE and message."""
+    if run_id is not None and function in ("cancel_run", "retry_run", "list_runs"):
+        if code == "P0002":
+            return RunNotFound(message, run_id=run_id, code=code, function=function)
+        if code == "55000" and function == "cancel_run":
+            return RunAlreadyFinished(message, run_id=run_id, code=code)
+        if code == "55000" and function == "retry_run":
+            return RunNotFailed(message, run_id=run_id, code=code)
+        if code == "23505":
+            return RunAlreadyExists(message, code=code, function=function)
     if function == "start_flow_with_states" and flow_slug is not None:
         if code == "23503" and "does not exist" in message:
             return FlowNotFound(message, flow_slug=flow_slug, code=code)
@@ -115,3 +155,23 @@ def rpc_error(function: str, code: str | None, message: str, *, flow_slug: str |
         if code == "23505":
             return RunAlreadyExists(message, code=code, function=function)
     return RpcError(f"{function} failed: {message}", code=code, function=function)
+
+
+def subject_run(params: dict[str, Any]) -> str | None:
+    """The run an operation's arguments name (``run_id``, else ``before_run_id``), as text."""
+    value = params.get("run_id") or params.get("before_run_id")
+    return None if value is None else str(value)
+
+
+def json_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Named arguments as JSON values for an RPC body, None ones left out (to their default)."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        out[name] = value
+    return out

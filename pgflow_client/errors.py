@@ -7,11 +7,15 @@ __all__ = [
     "FlowNotFound",
     "InvalidFlowInput",
     "InvalidRunData",
+    "InvalidRunFilter",
     "InvalidRunId",
     "ListenUnavailable",
     "PgflowClientError",
     "RpcError",
     "RunAlreadyExists",
+    "RunAlreadyFinished",
+    "RunNotFailed",
+    "RunNotFound",
     "StatusUnreachable",
     "SubscriptionError",
     "TransportError",
@@ -78,6 +82,11 @@ class InvalidRunId(PgflowClientError, ValueError):
         self.run_id = run_id
 
 
+class InvalidRunFilter(PgflowClientError, ValueError):
+    """A ``list_runs`` filter is out of range (an unknown status, a limit below 1); refused
+    before anything is sent."""
+
+
 class TransportError(PgflowClientError):
     """Base class for failures talking to the server (RPC calls, realtime subscriptions)."""
 
@@ -111,6 +120,35 @@ class InvalidFlowInput(RpcError, ValueError):
 
 class RunAlreadyExists(RpcError):
     """``start_flow`` was given a ``run_id`` that another run already has."""
+
+
+class RunNotFound(RpcError, LookupError):
+    """``cancel_run``, ``retry_run`` or ``list_runs`` (its ``before``) named a run that does not
+    exist (SQLSTATE P0002)."""
+
+    def __init__(
+        self, message: str, *, run_id: str, code: str | None = None, function: str | None = None
+    ) -> None:
+        super().__init__(message, code=code, function=function)
+        self.run_id = run_id
+
+
+class RunAlreadyFinished(RpcError):
+    """``cancel_run`` was given a run that has already completed, failed or been cancelled;
+    nothing changed (SQLSTATE 55000)."""
+
+    def __init__(self, message: str, *, run_id: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, function="cancel_run")
+        self.run_id = run_id
+
+
+class RunNotFailed(RpcError):
+    """``retry_run`` was given a run that has not failed (it is started or completed); only a
+    failed or cancelled run can be retried (SQLSTATE 55000)."""
+
+    def __init__(self, message: str, *, run_id: str, code: str | None = None) -> None:
+        super().__init__(message, code=code, function="retry_run")
+        self.run_id = run_id
 
 
 class SubscriptionError(TransportError):

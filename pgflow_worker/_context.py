@@ -76,7 +76,9 @@ class StepContext:
 
     ``flow_input`` is the run's input (loaded on first use and cached per run): sync handlers
     read the property; async handlers ``await ctx.get_flow_input()``. ``shutdown`` is set when
-    the worker begins a graceful stop, so long handlers can wind down early. The database is
+    the worker begins a graceful stop, so long handlers can wind down early; ``cancelled`` when
+    the worker learns that the task's run was cancelled (within ``cancel_check_interval``), so
+    they can stop: their result would change nothing. The database is
     at hand through the worker's own connection pool: ``async with ctx.connection()`` in async
     handlers, ``ctx.execute(...)`` in sync ones.
     """
@@ -90,6 +92,9 @@ class StepContext:
     _inputs: FlowInputCache
     _loop: asyncio.AbstractEventLoop
     _shutdown_flag: threading.Event = field(default_factory=threading.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    _cancel_flag: threading.Event = field(default_factory=threading.Event)
+    _cancel_reason: str | None = None
 
     @property
     def run_id(self) -> uuid.UUID:
@@ -126,6 +131,33 @@ class StepContext:
         """
         self._refuse_on_loop("ctx.wait_for_shutdown()", "await ctx.shutdown.wait()")
         return self._shutdown_flag.wait(timeout)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the worker has seen that this task's run was cancelled (safe to read from
+        any thread). The worker checks every ``cancel_check_interval`` seconds (1 by default)
+        while handlers run, so this turns True within about that time of the cancellation."""
+        return self._cancel_flag.is_set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        """The reason given when the run was cancelled, if any (``None`` before that)."""
+        return self._cancel_reason
+
+    def wait_for_cancel(self, timeout: float | None = None) -> bool:
+        """Block a sync handler's thread until its run is seen cancelled, or until ``timeout``
+        seconds have passed; True when cancelled. The thread-safe twin of
+        ``await ctx.cancelled.wait()``."""
+        self._refuse_on_loop("ctx.wait_for_cancel()", "await ctx.cancelled.wait()")
+        return self._cancel_flag.wait(timeout)
+
+    def _mark_cancelled(self, reason: str | None) -> None:
+        """Called on the worker's loop when the run is found cancelled."""
+        if self._cancel_flag.is_set():
+            return
+        self._cancel_reason = reason
+        self._cancel_flag.set()
+        self.cancelled.set()
 
     async def get_flow_input(self) -> Any:
         """The run's input, from the task itself when the SQL supplied it, else loaded once."""

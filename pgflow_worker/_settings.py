@@ -16,9 +16,11 @@ class WorkerSettings:
     ``visibility_timeout`` hides a message between the read and ``start_tasks`` (which then
     hides it for the step's timeout + 2 s); ``max_poll_seconds`` and ``poll_interval_ms`` shape
     the server-side poll; ``shutdown_timeout`` bounds how long a graceful stop waits for
-    in-flight handlers before cancelling them. ``prepare_threshold`` is psycopg's: the default
-    ``None`` never prepares statements, which a transaction-mode pooler needs (the next
-    transaction may run in a server session that never saw the statement prepared).
+    in-flight handlers before cancelling them; ``cancel_check_interval`` is how often, while
+    handlers run, the worker asks whether their runs were cancelled. ``prepare_threshold`` is
+    psycopg's: the default ``None`` never prepares statements, which a transaction-mode pooler
+    needs (the next transaction may run in a server session that never saw the statement
+    prepared).
     """
 
     max_concurrent: int = 10
@@ -28,6 +30,7 @@ class WorkerSettings:
     max_poll_seconds: int = 2
     poll_interval_ms: int = 100
     heartbeat_interval: float = 5.0
+    cancel_check_interval: float = 1.0
     shutdown_timeout: float = 30.0
     enforce_timeouts: bool = True
     recompile: bool = False
@@ -42,6 +45,7 @@ class WorkerSettings:
             "visibility_timeout": self.visibility_timeout,
             "poll_interval_ms": self.poll_interval_ms,
             "heartbeat_interval": self.heartbeat_interval,
+            "cancel_check_interval": self.cancel_check_interval,
         }
         for name, value in positive.items():
             if isinstance(value, bool) or value <= 0:

@@ -206,6 +206,7 @@ class PgflowSqlClient:
         self._legacy_input: bool | None = None
         self._has_stopped_at = True
         self._has_queue_identity = False
+        self._has_cancelled_at = False
         self._has_pgflow_version = False
         self._has_track_worker_function = False
 
@@ -243,7 +244,14 @@ class PgflowSqlClient:
                 "'pgflow.start_tasks(text,bigint[],uuid,text,text)') is not null"
             )
             queues = await cur.fetchone()
+            cur = await conn.execute(
+                "select exists (select 1 from pg_attribute"
+                " where attrelid = to_regclass('pgflow.runs')"
+                " and attname = 'cancelled_at' and not attisdropped)"
+            )
+            cancelling = await cur.fetchone()
         self._legacy_input = not (row and row[0])
+        self._has_cancelled_at = bool(cancelling and cancelling[0])
         self._has_stopped_at = bool(stopped and stopped[0])
         self._has_pgflow_version = bool(tracking and tracking[0])
         self._has_track_worker_function = bool(tracking and tracking[1])
@@ -296,6 +304,22 @@ class PgflowSqlClient:
             )
             row = await cur.fetchone()
         return bool(row and row[0])
+
+    @property
+    def can_cancel_runs(self) -> bool:
+        """Whether runs can be cancelled in this database (pgflow-py's ``cancel_run``); the
+        official SQL has no cancellation to watch for."""
+        return self._has_cancelled_at
+
+    async def cancelled_runs(self, run_ids: list[uuid.UUID]) -> dict[uuid.UUID, str | None]:
+        """Which of these runs were cancelled, with the reason given (one index probe each)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "select run_id, cancel_reason from pgflow.runs"
+                " where run_id = any(%s) and cancelled_at is not null",
+                (run_ids,),
+            )
+            return {row[0]: row[1] for row in await cur.fetchall()}
 
     async def mark_stopped(self, worker_id: uuid.UUID) -> None:
         """Record a clean stop (older SQL without ``workers.stopped_at`` has nowhere to)."""

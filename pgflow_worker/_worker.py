@@ -112,6 +112,8 @@ class FlowWorker:
         self._shutdown_flag = threading.Event()
         self._started = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: Contexts of the handlers running, by run: what a cancellation is told to.
+        self._running: dict[uuid.UUID, set[StepContext]] = {}
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._report_slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._runner: asyncio.Task[None] | None = None
@@ -200,14 +202,16 @@ class FlowWorker:
             )
             self._started.set()
             heartbeat = asyncio.create_task(self._heartbeat(client))
+            watch = asyncio.create_task(self._watch_cancellations(client))
             try:
                 await self._poll(client, reports, pool, inputs, loop)
             finally:
                 await self._drain()
                 await reports.aclose()
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for background in (heartbeat, watch):
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
                 with contextlib.suppress(psycopg.Error):
                     await client.mark_stopped(self.worker_id)
                 log.info(
@@ -279,6 +283,27 @@ class FlowWorker:
                 log.info("worker %s was deprecated: stopping", self.worker_id)
                 self.stop()
                 return
+
+    async def _watch_cancellations(self, client: PgflowSqlClient) -> None:
+        """While handlers run, ask every ``cancel_check_interval`` seconds whether their runs
+        were cancelled, and tell their contexts. One indexed query per check, none when idle
+        or on SQL that cannot cancel runs."""
+        if not client.can_cancel_runs:
+            return
+        while True:
+            await asyncio.sleep(self.settings.cancel_check_interval)
+            if not self._running:
+                continue
+            try:
+                cancelled = await client.cancelled_runs(list(self._running))
+            except Exception as exc:  # checked again on the next tick
+                log.warning("checking for cancelled runs failed: %s", _describe(exc))
+                continue
+            for run_id, reason in cancelled.items():
+                for ctx in self._running.get(run_id, ()):
+                    if not ctx.cancel_requested:
+                        ctx.logger.info("the run was cancelled; its result will change nothing")
+                    ctx._mark_cancelled(reason)
 
     async def _poll(
         self,
@@ -439,6 +464,18 @@ class FlowWorker:
         return float(step.options.timeout or self.flow.options.timeout or _DEFAULT_TIMEOUT)
 
     async def _execute(
+        self, reports: ReportBatcher, task: StepTask, ctx: StepContext, slot: _Slot
+    ) -> None:
+        running = self._running.setdefault(task.run_id, set())
+        running.add(ctx)
+        try:
+            await self._execute_watched(reports, task, ctx, slot)
+        finally:
+            running.discard(ctx)
+            if not running and self._running.get(task.run_id) is running:
+                del self._running[task.run_id]
+
+    async def _execute_watched(
         self, reports: ReportBatcher, task: StepTask, ctx: StepContext, slot: _Slot
     ) -> None:
         logger = ctx.logger

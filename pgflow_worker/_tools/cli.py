@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -264,7 +265,8 @@ def _run_async(coro: Any) -> Any:
 def _step_table(run: Any) -> Any:
     from rich.table import Table
 
-    table = Table(title=Text(f"{run.flow_slug} · {run.run_id} · {run.status.value}"))
+    status = run.status.value + (" (cancelled)" if getattr(run, "cancelled", False) else "")
+    table = Table(title=Text(f"{run.flow_slug} · {run.run_id} · {status}"))
     for column in ("step", "status", "started", "finished", "output / error"):
         table.add_column(column, overflow="fold")
     for step in run.steps.values():
@@ -300,6 +302,10 @@ def _run_dict(run: Any) -> dict[str, Any]:
         "completed_at": run.completed_at,
         "failed_at": run.failed_at,
         "remaining_steps": run.remaining_steps,
+        "cancelled": run.cancelled,
+        "cancelled_at": run.cancelled_at,
+        "cancel_reason": run.cancel_reason,
+        "restart_of_run_id": run.restart_of_run_id,
         "steps": {
             slug: {
                 "status": step.status.value,
@@ -494,6 +500,209 @@ def watch(
             if not console.is_terminal:
                 console.line()  # a live display off a terminal leaves its last line open
             return 0 if run.status.value == "completed" else 1
+
+    raise typer.Exit(_run_async(go()))
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: an ISO 8601 time (UTC unless it names its zone) or an age such as ``90s``,
+    ``15m``, ``2h``, ``7d``, ``1w`` counted back from now."""
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    unit = _SINCE_UNITS.get(value[-1:].lower())
+    if unit is not None and value[:-1].isdigit():
+        return now - timedelta(seconds=int(value[:-1]) * unit)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither an ISO 8601 time (2026-12-05T10:00:00+00:00) nor an "
+            "age (90s, 15m, 2h, 7d, 1w)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+async def _client(dsn: str) -> Any:
+    from pgflow_client import PgflowClient, PgflowClientError
+
+    try:
+        return await PgflowClient.connect(dsn)
+    except PgflowClientError as exc:
+        _fail(redact(str(exc)))
+
+
+def _check_run_id(run_id: str) -> str:
+    from pgflow_client import InvalidRunId
+    from pgflow_client._events import canonical_run_id
+
+    try:
+        return canonical_run_id(run_id)
+    except InvalidRunId as exc:
+        _fail(str(exc), 2)
+
+
+def _runs_table(records: list[Any]) -> Any:
+    from rich.table import Table
+
+    retries = any(r.restart_of_run_id for r in records)
+    table = Table()
+    columns = ["run", "flow", "status", "started", "ended"] + (["retry of"] if retries else [])
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for r in records:
+        ended = r.completed_at or r.failed_at
+        cells = [
+            Text(r.run_id),
+            Text(r.flow_slug),
+            # A cancelled run is failed; "cancelled" is also what --status takes for them.
+            Text("cancelled" if r.cancelled else r.status.value),
+            Text(r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else ""),
+            Text(ended.strftime("%Y-%m-%d %H:%M:%S") if ended else ""),
+        ]
+        table.add_row(*cells, *([Text(r.restart_of_run_id or "")] if retries else []))
+    return table
+
+
+@app.command()
+def runs(
+    flow: Annotated[
+        str | None, typer.Option("--flow", help="Only the runs of this flow.", show_default=False)
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only runs with this status: started, completed, failed or cancelled.",
+            show_default=False,
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only runs started since WHEN: an ISO 8601 time (UTC unless it has a zone) "
+            "or an age such as 15m, 2h, 7d.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs.")] = 50,
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before",
+            help="The next page: runs listed after this run id (the last of the previous page).",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    from pgflow_client import InvalidRunFilter, PgflowClientError
+
+    dsn = _dsn(db)
+    try:
+        when = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    cursor = _check_run_id(before) if before is not None else None
+
+    async def go() -> None:
+        async with await _client(dsn) as client:
+            try:
+                records = await client.list_runs(
+                    flow_slug=flow, status=status, since=when, limit=limit, before=cursor
+                )
+            except InvalidRunFilter as exc:
+                _fail(str(exc), 2)
+            except PgflowClientError as exc:
+                _fail(str(exc))
+            if as_json:
+                console.print_json(dump_json([r.model_dump(mode="json") for r in records]))
+            elif records:
+                console.print(_runs_table(records))
+            else:
+                errors.print("no runs", highlight=False)
+
+    _run_async(go())
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="The run to cancel.")],
+    reason: Annotated[
+        str | None,
+        typer.Option("--reason", help="Why, recorded with the run.", show_default=False),
+    ] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a started run: it ends failed, marked cancelled; its tasks never start."""
+    from pgflow_client import PgflowClientError
+
+    dsn = _dsn(db)
+    rid = _check_run_id(run_id)
+
+    async def go() -> None:
+        async with await _client(dsn) as client:
+            try:
+                run = await client.cancel_run(rid, reason=reason)
+            except PgflowClientError as exc:
+                _fail(str(exc))
+            if as_json:
+                console.print_json(dump_json(_run_dict(run)))
+            else:
+                typer.echo(f"run {run.run_id} cancelled")
+
+    _run_async(go())
+
+
+@app.command()
+def retry(
+    run_id: Annotated[str, typer.Argument(help="The failed or cancelled run to retry.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the new run to end.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 300.0,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a new run of a failed run's flow with its input and print its id; with --wait,
+    print its output (exit 1 if it fails)."""
+    from pgflow_client import PgflowClientError, StatusUnreachable
+
+    dsn = _dsn(db)
+    rid = _check_run_id(run_id)
+
+    async def go() -> int:
+        async with await _client(dsn) as client:
+            try:
+                run = await client.retry_run(rid)
+            except PgflowClientError as exc:
+                _fail(str(exc))
+            if wait:
+                if not as_json:
+                    errors.print(f"run {run.run_id} started; waiting…", highlight=False)
+                try:
+                    await run.wait_for_status("completed", timeout=timeout)
+                except StatusUnreachable:
+                    pass
+                except TimeoutError:
+                    _fail(f"run {run.run_id} did not finish within {timeout:g} s", 3)
+            if as_json:
+                console.print_json(dump_json(_run_dict(run)))
+            elif not wait:
+                typer.echo(str(run.run_id))  # nothing else on stdout: $(pgflow retry ...)
+            elif run.status.value == "completed":
+                console.print_json(dump_json(run.output))
+            else:
+                errors.print(
+                    f"[bold red]run {run.run_id} failed:[/] {escape(run.error_message or '')}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            return 1 if wait and run.status.value != "completed" else 0
 
     raise typer.Exit(_run_async(go()))
 

@@ -180,3 +180,45 @@ async def test_ts_client_reads_a_finished_run_with_get_run(db_url: str) -> None:
     assert run["input"] == MIXED.input
     assert {s["status"] for s in fetched["steps"].values()} == {"completed"}
     assert missing["run"] is None
+
+
+def _cancel(db_url: str, run_id: str, reason: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("select pgflow.cancel_run(%s, %s)", (run_id, reason))
+
+
+async def test_ts_client_sees_a_cancelled_run_fail(db_url: str) -> None:
+    """A run cancelled with pgflow-py's cancel_run is, to the official client, a failed run
+    with the cancellation's message, live and when read again with getRun."""
+    import asyncio
+
+    await define(db_url, MIXED)
+    slugs = MIXED.step_slugs()
+    async with (
+        SupabaseStandIn(db_url) as standin,
+        NodeSession("client_session.mjs", {"url": standin.url, "key": standin.key}) as node,
+    ):
+        started = await node.request(
+            "start", flow_slug=MIXED.flow.slug, input=MIXED.input, steps=slugs
+        )
+        run_id = started["run_id"]
+        await asyncio.to_thread(_cancel, db_url, run_id, "stop")
+        final = await node.request(
+            "wait",
+            run_id=run_id,
+            status="failed",
+            timeout_ms=WAIT_MS,
+            steps=slugs,
+            timeout=WAIT_MS / 1000 + 5,
+        )
+    async with (
+        SupabaseStandIn(db_url) as standin,
+        NodeSession("client_session.mjs", {"url": standin.url, "key": standin.key}) as node,
+    ):
+        fetched = await node.request("get_run", run_id=run_id, steps=slugs)
+    assert final["run"]["status"] == "failed"
+    assert final["run"]["error_message"] == "Run cancelled: stop"
+    assert fetched["run"]["status"] == "failed"
+    assert fetched["run"]["input"] == MIXED.input

@@ -394,6 +394,7 @@ OURS_ONLY_CHECKS = {
     "steps": {"required_input_pattern_is_object", "forbidden_input_pattern_is_object"},
     "step_states": {"remaining_tasks_valid", "skipped_at_matches_status"},
     "step_tasks": {"task_index_nonnegative"},
+    "runs": {"cancelled_only_when_failed", "cancel_reason_only_when_cancelled"},
 }
 
 

@@ -108,8 +108,9 @@ def test_every_function_pins_its_search_path(db_url: str) -> None:
 
 
 def test_snapshot_rpcs_are_security_definer(db_url: str) -> None:
-    """The two snapshot RPCs, and the pg_cron set-up (as in pgflow: scheduling needs the
-    owner's rights on the cron schema), and nothing else."""
+    """The two snapshot RPCs and the three that operate runs (clients call them through
+    PostgREST with no privilege on the tables), and the pg_cron set-up (as in pgflow:
+    scheduling needs the owner's rights on the cron schema), and nothing else."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
             "select p.proname, p.prosecdef from pg_proc p"
@@ -117,7 +118,10 @@ def test_snapshot_rpcs_are_security_definer(db_url: str) -> None:
             " order by 1"
         ).fetchall()
         assert rows == [
+            ("cancel_run", True),
             ("get_run_with_states", True),
+            ("list_runs", True),
+            ("retry_run", True),
             ("setup_requeue_stalled_tasks_cron", True),
             ("start_flow_with_states", True),
         ]
@@ -144,5 +148,35 @@ def test_client_role_with_rpc_grants_only(stranger: tuple[Conn, str]) -> None:
     assert snapshot is not None
     assert snapshot[0]["run"]["input"] == {"x": 1}
     assert [s["step_slug"] for s in snapshot[0]["steps"]] == ["a"]
+    with raises_sqlstate("42501"):
+        conn.execute("select * from pgflow.runs")
+
+
+def test_operator_role_with_rpc_grants_only(stranger: tuple[Conn, str]) -> None:
+    """EXECUTE on list_runs, cancel_run and retry_run (the documented grants) is enough to
+    operate runs, without any table privilege; without it each is refused."""
+    conn, role = stranger
+    define_flow(conn, "f", [("a", [])])
+    run_id = conn.execute("select run_id from pgflow.start_flow('f', '{}')").fetchone()
+    assert run_id is not None
+    functions = (
+        "pgflow.list_runs(text, text, timestamptz, integer, uuid)",
+        "pgflow.cancel_run(uuid, text)",
+        "pgflow.retry_run(uuid, uuid)",
+    )
+    ident = sql.Identifier(role)
+    conn.execute(sql.SQL("grant usage on schema pgflow to {}").format(ident))
+    as_role(conn, role)
+    with raises_sqlstate("42501"):
+        conn.execute("select * from pgflow.list_runs()")
+    conn.execute("reset role")
+    for function in functions:
+        conn.execute(sql.SQL("grant execute on function {} to {}").format(sql.SQL(function), ident))
+    as_role(conn, role)
+    (listed,) = conn.execute("select run_id from pgflow.list_runs()").fetchall()
+    assert listed == run_id
+    conn.execute("select pgflow.cancel_run(%s, 'stop')", run_id)
+    row = conn.execute("select (pgflow.retry_run(%s)).restart_of_run_id", run_id).fetchone()
+    assert row == run_id
     with raises_sqlstate("42501"):
         conn.execute("select * from pgflow.runs")

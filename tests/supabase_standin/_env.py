@@ -104,7 +104,8 @@ API_ROLES = ("anon", "authenticated", "service_role")
 def prepare_real_database(db_url: str, roles: Sequence[str] = API_ROLES) -> None:
     """Migrate the real stack's database with pgflow-py's SQL (a no-op once done) and grant
     the API ``roles`` that exist what ``docs/supabase.md`` grants them, so PostgREST may call
-    the functions.
+    the functions (the three that operate runs included: the tests call them with the same
+    key).
     The schema must also be exposed over the API, which only the stack's settings can do."""
     from pgflow_worker._database import migrate
 
@@ -122,6 +123,9 @@ def prepare_real_database(db_url: str, roles: Sequence[str] = API_ROLES) -> None
             for function in (
                 "pgflow.start_flow_with_states(text, jsonb, uuid)",
                 "pgflow.get_run_with_states(uuid)",
+                "pgflow.list_runs(text, text, timestamptz, integer, uuid)",
+                "pgflow.cancel_run(uuid, text)",
+                "pgflow.retry_run(uuid, uuid)",
             ):
                 conn.execute(
                     sql.SQL("grant execute on function {} to {}").format(sql.SQL(function), ident)

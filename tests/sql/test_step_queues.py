@@ -273,3 +273,26 @@ def test_the_three_argument_start_tasks_claims_from_the_default_queue(conn: Conn
     ).fetchall()
     assert rows == [("a",)]
     assert task_rows(conn, run_id)[0]["status"] == "started"
+
+
+def test_cancel_and_retry_a_run_with_a_queue_per_step(conn: Conn) -> None:
+    """cancel_run archives the run's messages in each step's queue; retry_run starts the new
+    run's root steps in their own queues again."""
+    ensure(conn, "split", SPLIT, "step")
+    run_id = start_flow(conn, "split", {"n": 1})
+    (fetch,) = claim(conn, "split", "split__fetch", "fetch")
+    conn.execute("select pgflow.cancel_run(%s, 'stop')", (run_id,))
+    assert {t["status"] for t in task_rows(conn, run_id)} == {"cancelled"}
+    assert in_queue(conn, "split__fetch") == []
+    assert in_queue(conn, "split__score") == []
+    complete(conn, fetch, "late")
+    assert run_row(conn, run_id)["status"] == "failed"
+
+    row = conn.execute("select run_id from pgflow.retry_run(%s)", (run_id,)).fetchone()
+    assert row is not None
+    retried = row[0]
+    assert [m["run_id"] for m in in_queue(conn, "split__fetch")] == [str(retried)]
+    assert [m["run_id"] for m in in_queue(conn, "split__score")] == [str(retried)]
+    (again,) = claim(conn, "split", "split__fetch", "fetch")
+    assert again.run_id == retried
+    assert again.flow_input == {"n": 1}

@@ -69,6 +69,7 @@ EXPECTED = {
         "DatabaseSetupError",
         "EnsureResult",
         "FlowDefinitionError",
+        "FlowRunTimeout",
         "FlowOptions",
         "FlowShape",
         "FlowShapeMismatch",

@@ -21,11 +21,16 @@ def _copy_example(pytester: pytest.Pytester) -> None:
             shutil.copy(path, pytester.path / path.name)
 
 
+@pytest.mark.parametrize("server", ["DATABASE_URL", "local"])
 def test_example_project_passes_and_explains_its_failure(
-    pytester: pytest.Pytester, stack: Stack, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, stack: Stack, monkeypatch: pytest.MonkeyPatch, server: str
 ) -> None:
+    """Against DATABASE_URL's server, and against one the plugin starts for the session."""
     _copy_example(pytester)
-    monkeypatch.setenv("DATABASE_URL", stack.admin_url)
+    if server == "DATABASE_URL":
+        monkeypatch.setenv("DATABASE_URL", stack.admin_url)
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=5, failed=1)
     output = result.stdout.str()

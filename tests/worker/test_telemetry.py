@@ -3,14 +3,23 @@ exporters."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pgflow_worker import Flow
 from pgflow_worker.testing import run_flow
+from tests.worker.helpers import start_run, wait_run
+from tests.worker.test_worker_process import wait_for_workers
+
+ROOT = Path(__file__).resolve().parents[2]
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk is absent")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
@@ -126,3 +135,48 @@ def test_importing_the_worker_imports_no_opentelemetry() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _spawn_otel_worker(db_url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgflow_worker",
+            "worker",
+            "tests.worker.cliflows:hello",
+            "--db",
+            db_url,
+            "--max-poll-seconds",
+            "1",
+            "--poll-interval-ms",
+            "50",
+            "--otel",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_METRICS_EXPORTER": "none",
+        },
+    )
+
+
+async def test_cli_otel_prints_spans_with_the_console_exporter(db_url: str) -> None:
+    proc = _spawn_otel_worker(db_url)
+    try:
+        await wait_for_workers(db_url, 1)
+        run_id = await start_run(db_url, "cli_hello", {"name": "Ada"})
+        run = await wait_run(db_url, run_id)
+        assert run["status"] == "completed"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    assert proc.returncode == 0, err
+    assert '"name": "pgflow.task cli_hello.greet' in out
+    assert f'"pgflow.run_id": "{run_id}"' in out
+    assert json.dumps("pgflow.attempt") in out

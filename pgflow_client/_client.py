@@ -14,6 +14,7 @@ from ._events import FlowEvent, canonical_run_id, parse_broadcast
 from ._postgres import PostgresTransport
 from ._run import FlowRun
 from ._supabase import SupabaseTransport
+from ._telemetry import start_flow_span
 from ._transport import Transport, TransportHooks, check_json
 from .errors import ClientClosed, InvalidRunData, PgflowClientError
 
@@ -117,8 +118,9 @@ class PgflowClient:
         run = FlowRun(rid, flow_slug, input=input, on_dispose=self._released)
         self._runs[rid] = run
         try:
-            await self._transport.subscribe(rid)
-            snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
+            with start_flow_span(flow_slug, rid):
+                await self._transport.subscribe(rid)
+                snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
             run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=False)
         except BaseException:
             self._runs.pop(rid, None)

@@ -180,3 +180,44 @@ async def test_cli_otel_prints_spans_with_the_console_exporter(db_url: str) -> N
     assert '"name": "pgflow.task cli_hello.greet' in out
     assert f'"pgflow.run_id": "{run_id}"' in out
     assert json.dumps("pgflow.attempt") in out
+
+
+async def test_start_flow_span_is_a_child_of_the_callers_span(db_url: str) -> None:
+    """The client uses the global tracer provider, which is set once per process: a process
+    of its own keeps this test from touching the suite's."""
+    code = f"""
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pgflow_client import PgflowClient, FlowNotFound, TransportError
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+async def main():
+    client = await PgflowClient.connect({db_url!r})
+    async with client:
+        with trace.get_tracer("app").start_as_current_span("request") as parent:
+            try:
+                await client.start_flow("no_such_flow", {{}})
+            except (FlowNotFound, TransportError):
+                pass
+    spans = {{s.name: s for s in exporter.get_finished_spans()}}
+    child = spans["pgflow.start_flow no_such_flow"]
+    assert child.parent.span_id == parent.get_span_context().span_id
+    assert child.attributes["pgflow.flow_slug"] == "no_such_flow"
+    assert child.status.status_code.name == "ERROR"
+    assert [e.name for e in child.events] == ["exception"]
+    print("ok")
+
+asyncio.run(main())
+"""
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -221,3 +221,23 @@ asyncio.run(main())
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+async def test_a_timed_out_attempt_is_marked(db_url: str) -> None:
+    flow = Flow("otel_timeout", max_attempts=1, timeout=3)
+
+    @flow.step
+    async def stuck(input: dict[str, Any]) -> None:
+        await asyncio.Event().wait()  # never set: only the step's timeout ends it
+
+    exporter = InMemorySpanExporter()
+    provider = sdk_trace.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    result = await run_flow(flow, {}, db_url, tracer_provider=provider, timeout=20)
+    assert result.status == "failed"
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert span.attributes["pgflow.timed_out"] is True
+    assert span.attributes["error.type"] == "TimeoutError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert "timed out after 3 s" in (span.status.description or "")

@@ -17,6 +17,7 @@ from ._records import RunRecord, parse_run_record
 from ._run import FlowRun
 from ._status import FlowRunStatus
 from ._supabase import SupabaseTransport
+from ._telemetry import start_flow_span
 from ._transport import Transport, TransportHooks, check_json
 from .errors import (
     ClientClosed,
@@ -132,8 +133,9 @@ class PgflowClient:
         run = FlowRun(rid, flow_slug, input=input, on_dispose=self._released)
         self._runs[rid] = run
         try:
-            await self._transport.subscribe(rid)
-            snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
+            with start_flow_span(flow_slug, rid):
+                await self._transport.subscribe(rid)
+                snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
             run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=False)
         except BaseException:
             self._runs.pop(rid, None)

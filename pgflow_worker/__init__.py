@@ -38,6 +38,7 @@ from ._worker import FlowWorker, run_worker
 from .errors import (
     DatabaseSetupError,
     FlowDefinitionError,
+    FlowRunTimeout,
     FlowShapeMismatch,
     HandlerContextError,
     HandlerInputError,
@@ -59,6 +60,7 @@ __all__ = [
     "Flow",
     "FlowDefinitionError",
     "FlowOptions",
+    "FlowRunTimeout",
     "FlowShape",
     "FlowShapeMismatch",
     "FlowWorker",

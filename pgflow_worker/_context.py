@@ -28,7 +28,7 @@ __all__ = ["FlowInputCache", "StepContext"]
 class FlowInputCache:
     """Flow inputs per run, loaded once; concurrent requests for one run share one query."""
 
-    def __init__(self, client: PgflowSqlClient, max_runs: int = 1024) -> None:
+    def __init__(self, client: PgflowSqlClient | None, max_runs: int = 1024) -> None:
         self._client = client
         self._max_runs = max_runs
         self._values: dict[uuid.UUID, Any] = {}
@@ -53,6 +53,11 @@ class FlowInputCache:
             pending = asyncio.get_running_loop().create_future()
             self._pending[run_id] = pending
             try:
+                if self._client is None:
+                    raise HandlerContextError(
+                        f"the input of run {run_id} is not known and this context has no "
+                        "database to load it from; pass flow_input= when building it"
+                    )
                 value = await self._client.load_flow_input(run_id)
             except asyncio.CancelledError:
                 pending.cancel()
@@ -88,9 +93,9 @@ class StepContext:
     settings: WorkerSettings
     shutdown: asyncio.Event
     logger: logging.LoggerAdapter[logging.Logger]
-    _pool: AsyncConnectionPool[AsyncConnection[Any]]
+    _pool: AsyncConnectionPool[AsyncConnection[Any]] | None
     _inputs: FlowInputCache
-    _loop: asyncio.AbstractEventLoop
+    _loop: asyncio.AbstractEventLoop | None
     _shutdown_flag: threading.Event = field(default_factory=threading.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     _cancel_flag: threading.Event = field(default_factory=threading.Event)
@@ -175,7 +180,7 @@ class StepContext:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """Borrow a connection from the worker's pool for the duration of the block."""
-        async with self._pool.connection() as conn:
+        async with self._require_pool().connection() as conn:
             yield conn
 
     def execute(
@@ -199,11 +204,20 @@ class StepContext:
     async def _execute(
         self, query: QueryNoTemplate, params: Params | None
     ) -> list[tuple[Any, ...]]:
-        async with self._pool.connection() as conn:
+        async with self._require_pool().connection() as conn:
             cursor = await conn.execute(query, params)
             if cursor.description is None:
                 return []
             return [tuple(row) for row in await cursor.fetchall()]
+
+    def _require_pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
+        if self._pool is None:
+            raise HandlerContextError(
+                f"step {self.step_slug!r}: this context has no database (it was built for a "
+                "unit test without one); run the flow on a worker to use ctx.connection() "
+                "or ctx.execute()"
+            )
+        return self._pool
 
     def _refuse_on_loop(self, what: str, instead: str) -> None:
         """Blocking calls from the worker's loop would deadlock it: refuse them, saying why."""
@@ -211,13 +225,17 @@ class StepContext:
             running = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if running is self._loop:
+        if self._loop is not None and running is self._loop:
             raise HandlerContextError(
                 f"step {self.step_slug!r}: {what} blocks, and an async handler runs on the "
                 f"worker's event loop; use {instead} instead"
             )
 
     def _on_loop(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if self._loop is None:  # a context built for a unit test: no worker, no database
+            coro.close()
+            self._require_pool()
+            raise HandlerContextError(f"step {self.step_slug!r}: this context has no event loop")
         try:
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         except RuntimeError:  # the loop is closed: an abandoned handler outlived its worker

@@ -35,6 +35,7 @@ from ._reports import ReportBatcher
 from ._settings import WorkerSettings
 from ._shape import ensure_flow
 from ._sql_client import Message, PgflowSqlClient, SqlCallStats, StepTask, configure_connection
+from ._telemetry import WorkerTelemetry
 from .errors import WorkerError
 
 __all__ = ["FlowWorker", "run_worker"]
@@ -73,6 +74,9 @@ class FlowWorker:
     only, so each step can have its own workers. It finds out at startup which ``start_tasks``
     the database's SQL has: pgflow 0.17's, with the queue and the step, or the older
     three-argument one (pgflow up to 0.16), which has no per-step queues.
+
+    With ``opentelemetry-api`` installed (the ``otel`` extra), each task attempt is a span and
+    feeds the task metrics, through ``tracer_provider``/``meter_provider`` or the global ones.
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class FlowWorker:
         settings: WorkerSettings | None = None,
         worker_id: uuid.UUID | None = None,
         step: str | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
         **overrides: Any,
     ) -> None:
         if settings is not None and overrides:
@@ -107,6 +113,9 @@ class FlowWorker:
         self.dsn = dsn
         self.settings = settings or WorkerSettings(**overrides)
         self.worker_id = worker_id or uuid.uuid4()
+        # Spans and metrics when opentelemetry-api is installed; the providers default to the
+        # API's global ones.
+        self._telemetry = WorkerTelemetry(tracer_provider, meter_provider)
         self._stopping = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._shutdown_flag = threading.Event()
@@ -485,19 +494,24 @@ class FlowWorker:
             logger.warning("attempt %s failed: %s", task.attempt, error)
         else:
             logger.debug("starting attempt %s", task.attempt)
-            try:
-                output = await self._invoke(step, task, ctx)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    logger.warning("cancelled during shutdown; the task will be retried")
-                    raise
-                error = "CancelledError: the handler was cancelled"
-                logger.warning("attempt %s failed: %s", task.attempt, error)
-            except BaseException as exc:  # any handler failure, SystemExit included, fails it
-                error = _describe(exc)
-                logger.warning("attempt %s failed: %s", task.attempt, error, exc_info=exc)
-            else:
+            error = None
+            with self._telemetry.task(task, ctx.raw_message.get("enqueued_at")) as record:
+                try:
+                    output = await self._invoke(step, task, ctx)
+                except asyncio.CancelledError as exc:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        logger.warning("cancelled during shutdown; the task will be retried")
+                        record.failed("cancelled during shutdown", exc)
+                        raise
+                    error = "CancelledError: the handler was cancelled"
+                    record.failed(error, exc)
+                    logger.warning("attempt %s failed: %s", task.attempt, error)
+                except BaseException as exc:  # any handler failure, SystemExit included
+                    error = _describe(exc)
+                    record.failed(error, exc)
+                    logger.warning("attempt %s failed: %s", task.attempt, error, exc_info=exc)
+            if error is None:
                 async with self._reporting(slot):
                     if await self._report(reports.complete, task, output, logger):
                         self.completed += 1

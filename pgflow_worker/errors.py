@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "DatabaseSetupError",
     "FlowDefinitionError",
+    "FlowRunTimeout",
     "FlowShapeMismatch",
     "HandlerContextError",
     "HandlerInputError",
@@ -132,3 +134,24 @@ class HandlerInputError(PgflowError, ValueError):
         super().__init__(message)
         self.flow_slug = flow_slug
         self.step_slug = step_slug
+
+
+class FlowRunTimeout(PgflowError, TimeoutError):
+    """A flow run by the testing helpers had not ended when its time ran out.
+
+    ``result`` is the run as it stood then; the message names the steps that had not ended.
+    """
+
+    def __init__(self, result: Any, timeout: float) -> None:
+        self.result = result
+        self.timeout = timeout
+        pending = [
+            f"{step.step_slug!r} {step.status}"
+            + (f" (attempt {step.attempts}: {step.error_message})" if step.error_message else "")
+            for step in result.steps.values()
+            if step.status in ("created", "started")
+        ]
+        super().__init__(
+            f"run {result.run_id} of flow {result.flow_slug!r} had not ended after {timeout:g} s;"
+            f" steps not ended: {', '.join(pending) or 'none'}"
+        )

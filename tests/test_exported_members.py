@@ -74,6 +74,7 @@ EXPECTED = {
         "DatabaseSetupError",
         "EnsureResult",
         "FlowDefinitionError",
+        "FlowRunTimeout",
         "FlowOptions",
         "FlowShape",
         "FlowShapeMismatch",

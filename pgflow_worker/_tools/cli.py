@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -209,6 +210,12 @@ def worker(
         typer.Option(help="Serve only this step's queue (a flow with step_queues=True)."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    otel: Annotated[
+        bool,
+        typer.Option(
+            "--otel", help="Send spans and metrics through the OpenTelemetry SDK (OTEL_* vars)."
+        ),
+    ] = False,
 ) -> None:
     """Run a worker for one flow until SIGTERM or SIGINT (then drain and stop)."""
     from .._worker import run_worker
@@ -220,10 +227,21 @@ def worker(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    telemetry: dict[str, Any] = {}
+    shutdown_otel: Callable[[], None] | None = None
+    if otel:
+        from .otel import configure_otel
+
+        try:
+            tracer_provider, meter_provider, shutdown_otel = configure_otel()
+        except PgflowError as exc:
+            _fail(str(exc))
+        telemetry = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
     try:
         run_worker(
             flow,
             dsn,
+            **telemetry,
             max_concurrent=concurrency,
             batch_size=batch_size,
             max_pg_connections=max_pg_connections,
@@ -238,6 +256,9 @@ def worker(
         _fail(connection_problem(dsn, exc))
     except PgflowError as exc:
         _fail(redact(str(exc)))
+    finally:
+        if shutdown_otel is not None:
+            shutdown_otel()
 
 
 def _parse_json(text: str, what: str) -> Any:

@@ -278,3 +278,11 @@ def test_every_public_name_has_an_api_entry(package: Any) -> None:
             assert getattr(package, parts[-1]) is not None, entry
             names.add(parts[-1])
     assert names == set(package.__all__)
+
+
+def test_every_testing_helper_has_an_api_entry() -> None:
+    import pgflow_worker.testing
+
+    page = DOCS / "api" / "testing.md"
+    entries = re.findall(r"^::: pgflow_worker\.testing\.(\w+)$", page.read_text("utf-8"), re.M)
+    assert set(entries) == set(pgflow_worker.testing.__all__)

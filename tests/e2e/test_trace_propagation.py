@@ -302,3 +302,45 @@ def test_the_cache_keeps_the_most_recent_runs() -> None:
     assert len(cache) == 2
     assert b not in cache
     assert cache.missing([a, b, c]) == [b]
+
+
+async def test_the_worker_tells_whether_it_may_read_the_contexts(
+    db_url: str, official_db_url: str
+) -> None:
+    """Absent on pgflow's SQL; present but unreadable for a role without SELECT on it (the
+    worker then reads nothing, rather than failing its polls); readable once granted."""
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+    from psycopg_pool import AsyncConnectionPool
+
+    from pgflow_worker._sql_client import PgflowSqlClient
+
+    async def detected(dsn: str) -> str:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False) as pool:
+            client = PgflowSqlClient(pool)
+            await client.detect_flavour()
+            return client.trace_table
+
+    assert await detected(official_db_url) == "absent"
+    assert await detected(db_url) == "readable"
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "create role {r} login password 'reader'; grant usage on schema pgflow to {r}"
+            ).format(r=sql.Identifier(role))
+        )
+    try:
+        role_dsn = make_conninfo(db_url, user=role, password="reader")
+        assert await detected(role_dsn) == "unreadable"
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("grant select on pgflow.run_trace_contexts to {}").format(
+                    sql.Identifier(role)
+                )
+            )
+        assert await detected(role_dsn) == "readable"
+    finally:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("drop owned by {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))

@@ -4,7 +4,9 @@ One server, one run: the chain runs (three no-op async steps each) are worked by
 ``FlowWorker`` with its default settings, in a fresh database each time: once with no
 providers (the OpenTelemetry API's no-op defaults, what a worker without a configured SDK
 pays), once with an SDK tracer provider (a batch span processor into an in-memory exporter)
-and an SDK meter provider (an in-memory reader) recording every span and metric. Each is
+and an SDK meter provider (an in-memory reader) recording every span and metric, and once
+more so with every run started with a trace context (``pgflow.run_trace_contexts``), which the
+worker reads back and caches for the run's task spans. Each is
 repeated and the median rate kept; the table gives tasks/s, the ratio to "off" and the
 overhead per task in microseconds.
 
@@ -37,6 +39,8 @@ class Config:
 
     label: str
     settings: Callable[[], dict[str, Any]] = dict
+    #: Whether each run is started with a trace context, as a client inside a span does.
+    traced_runs: bool = False
     rates: list[float] = field(default_factory=list)
 
 
@@ -51,9 +55,12 @@ async def measure(stack: Stack, config: Config, runs: int, timeout: float) -> fl
         ):
             began = time.monotonic()
             for i in range(runs):
-                await conn.execute(
-                    "select 1 from pgflow.start_flow(%s, %s)", (chain.slug, Jsonb({"run": i}))
-                )
+                if config.traced_runs:
+                    await conn.execute(_START_TRACED, (chain.slug, Jsonb({"run": i}), _parent(i)))
+                else:
+                    await conn.execute(
+                        "select 1 from pgflow.start_flow(%s, %s)", (chain.slug, Jsonb({"run": i}))
+                    )
             await conn.execute("listen realtime_broadcast")
             deadline = began + timeout
             while True:
@@ -73,6 +80,19 @@ async def measure(stack: Stack, config: Config, runs: int, timeout: float) -> fl
             return runs * 3 / (time.monotonic() - began)
     finally:
         stack.drop(name)
+
+
+# The run and its trace context in one statement, so the producer's side costs about what a
+# plain start_flow does (start_flow_with_states_traced also builds a snapshot).
+_START_TRACED = (
+    "with run as (select run_id from pgflow.start_flow(%s, %s))"
+    " insert into pgflow.run_trace_contexts (run_id, traceparent) select run_id, %s from run"
+)
+
+
+def _parent(i: int) -> str:
+    """A W3C traceparent of a trace of its own for run ``i``."""
+    return f"00-{i + 1:032x}-{i + 1:016x}-01"
 
 
 def traced() -> dict[str, Any]:
@@ -95,6 +115,7 @@ async def main_async(args: argparse.Namespace) -> int:
         configs = [
             Config("off (no SDK configured)"),
             Config("on (SDK, every span and metric)", traced),
+            Config("on, runs started in a trace (contexts read back)", traced, traced_runs=True),
         ]
         for repeat in range(args.repeats):
             for config in configs:

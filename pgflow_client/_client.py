@@ -133,9 +133,11 @@ class PgflowClient:
         run = FlowRun(rid, flow_slug, input=input, on_dispose=self._released)
         self._runs[rid] = run
         try:
-            with start_flow_span(flow_slug, rid):
+            with start_flow_span(flow_slug, rid) as trace:
                 await self._transport.subscribe(rid)
-                snapshot = await self._transport.start_flow_with_states(flow_slug, input, rid)
+                snapshot = await self._transport.start_flow_with_states(
+                    flow_slug, input, rid, trace=trace
+                )
             run._apply_snapshot(snapshot["run"], snapshot.get("steps") or (), emit=False)
         except BaseException:
             self._runs.pop(rid, None)

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import psycopg
@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from ._transport import TransportHooks, nothing, rpc_error, subject_run
+from ._transport import TRACED_START, TransportHooks, nothing, rpc_error, subject_run
 from .dsn import describe_dsn, redact
 from .errors import ClientClosed, ListenUnavailable, SubscriptionError, TransportError
 
@@ -38,6 +38,8 @@ _TOPIC_PREFIX = "pgflow:run:"
 #: only where notifications never arrive, so it is generous enough that a slow server is not
 #: mistaken for a transaction pooler.
 NOTIFY_CHECK_TIMEOUT = 5.0
+
+_TRACED_SIGNATURE = f"pgflow.{TRACED_START}(text,jsonb,uuid,text,text)"
 
 
 class PostgresTransport:
@@ -71,6 +73,7 @@ class PostgresTransport:
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
         self._resyncs: set[asyncio.Future[None]] = set()
+        self._traced_start: bool | None = None
 
     async def open(self, timeout: float = 30.0) -> None:
         """Open the LISTEN connection and the pool; fails fast when the server is unreachable."""
@@ -142,21 +145,62 @@ class PostgresTransport:
     # -- RPCs ---------------------------------------------------------------------------------
 
     async def start_flow_with_states(
-        self, flow_slug: str, input: Any, run_id: str
+        self, flow_slug: str, input: Any, run_id: str, *, trace: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         self._check_open()
+        traceparent = (trace or {}).get("traceparent")
+        function = "start_flow_with_states"
         try:
             async with self._pool.connection() as conn:
-                cur = await conn.execute(
-                    "select pgflow.start_flow_with_states(%s, %s, %s::uuid)",
-                    (flow_slug, Jsonb(input), run_id),
-                )
+                if traceparent and await self._can_trace(conn):
+                    function = TRACED_START
+                    cur = await conn.execute(
+                        "select pgflow.start_flow_with_states_traced(%s, %s, %s::uuid, %s, %s)",
+                        (
+                            flow_slug,
+                            Jsonb(input),
+                            run_id,
+                            traceparent,
+                            (trace or {}).get("tracestate"),
+                        ),
+                    )
+                else:
+                    cur = await conn.execute(
+                        "select pgflow.start_flow_with_states(%s, %s, %s::uuid)",
+                        (flow_slug, Jsonb(input), run_id),
+                    )
                 row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise self._error("start_flow_with_states", exc, flow_slug) from None
+            raise self._error(function, exc, flow_slug) from None
         if row is None or not isinstance(row[0], dict):
             raise TransportError(f"start_flow_with_states returned no run for flow {flow_slug!r}")
         return row[0]
+
+    async def _can_trace(self, conn: AsyncConnection[Any]) -> bool:
+        """Whether runs can be started with their trace context: asked once, on the first
+        start made inside a trace."""
+        if self._traced_start is None:
+            cur = await conn.execute(
+                "select to_regprocedure(%s) is not null,"
+                " has_function_privilege(to_regprocedure(%s), 'execute')",
+                (_TRACED_SIGNATURE, _TRACED_SIGNATURE),
+            )
+            row = await cur.fetchone()
+            exists, allowed = row if row is not None else (False, None)
+            self._traced_start = bool(exists and allowed)
+            if not exists:
+                log.info(
+                    "runs start without their trace context: %s has no %s (pgflow-py's SQL "
+                    "has it from migration 0006)",
+                    describe_dsn(self._dsn),
+                    _TRACED_SIGNATURE,
+                )
+            elif not allowed:
+                log.warning(
+                    "runs start without their trace context: this role has no EXECUTE on %s",
+                    _TRACED_SIGNATURE,
+                )
+        return self._traced_start
 
     async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
         self._check_open()

@@ -23,8 +23,16 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._transport import TransportHooks, json_params, nothing, rpc_error, subject_run
-from .errors import ClientClosed, SubscriptionError, TransportError
+from ._transport import (
+    TRACED_START,
+    TransportHooks,
+    json_params,
+    nothing,
+    rpc_error,
+    subject_run,
+    tracing_unavailable,
+)
+from .errors import ClientClosed, RpcError, SubscriptionError, TransportError
 
 if TYPE_CHECKING:
     from realtime import AsyncRealtimeChannel, RealtimeSubscribeStates
@@ -82,6 +90,8 @@ class SupabaseTransport:
         self._leaving: set[asyncio.Future[None]] = set()
         self._departing: dict[str, asyncio.Future[None]] = {}
         self._closed = False
+        #: Whether start_flow_with_states_traced can be called: None until first tried.
+        self._traced_start: bool | None = None
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -356,13 +366,32 @@ class SupabaseTransport:
         return response.data
 
     async def start_flow_with_states(
-        self, flow_slug: str, input: Any, run_id: str
+        self, flow_slug: str, input: Any, run_id: str, *, trace: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        data = await self._rpc(
-            "start_flow_with_states",
-            {"flow_slug": flow_slug, "input": input, "run_id": run_id},
-            flow_slug,
-        )
+        params: dict[str, Any] = {"flow_slug": flow_slug, "input": input, "run_id": run_id}
+        traceparent = (trace or {}).get("traceparent")
+        data: Any = None
+        traced = False
+        if traceparent and self._traced_start is not False:
+            extra = {"traceparent": traceparent}
+            if (trace or {}).get("tracestate"):
+                extra["tracestate"] = (trace or {})["tracestate"]
+            try:
+                data = await self._rpc(TRACED_START, {**params, **extra}, flow_slug)
+            except RpcError as exc:
+                if not tracing_unavailable(exc.code):
+                    raise
+                # Refused before anything ran: no such function, or no EXECUTE on it.
+                self._traced_start = False
+                log.info(
+                    "runs start without their trace context: pgflow.%s cannot be called (%s)",
+                    TRACED_START,
+                    exc,
+                )
+            else:
+                traced = self._traced_start = True
+        if not traced:
+            data = await self._rpc("start_flow_with_states", params, flow_slug)
         if not isinstance(data, dict) or "run" not in data:
             raise TransportError(f"start_flow_with_states returned no run for flow {flow_slug!r}")
         return data

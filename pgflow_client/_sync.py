@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextlib
+import contextvars
 import logging
 import threading
 import uuid
@@ -125,7 +126,8 @@ class _LoopThread:
             started.append(task)
             task.add_done_callback(partial(_settle, result))
 
-        self._loop.call_soon_threadsafe(start)
+        # The caller's context variables go with the call (its current span, for one).
+        self._loop.call_soon_threadsafe(start, context=contextvars.copy_context())
         return result, started
 
     def run(

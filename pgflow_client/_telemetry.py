@@ -1,4 +1,8 @@
-"""A span around ``start_flow`` when ``opentelemetry-api`` is installed; nothing otherwise."""
+"""A span around ``start_flow`` when ``opentelemetry-api`` is installed; nothing otherwise.
+
+The span's W3C trace context (``traceparent``, ``tracestate``) is what a transport stores with
+the run, so that workers trace the run's tasks as its children.
+"""
 
 from __future__ import annotations
 
@@ -19,17 +23,26 @@ def _tracer() -> Any:
 
 
 @contextlib.contextmanager
-def start_flow_span(flow_slug: str, run_id: str) -> Iterator[None]:
+def start_flow_span(flow_slug: str, run_id: str) -> Iterator[dict[str, str]]:
     """The ``pgflow.start_flow`` span (a child of the caller's current span), recording the
-    error when starting fails."""
+    error when starting fails.
+
+    Yields the span's W3C trace context as headers (``traceparent`` and maybe
+    ``tracestate``): empty without OpenTelemetry or outside any trace. With the API but no
+    SDK the span is the caller's own, so a run still joins the caller's trace.
+    """
     tracer = _tracer()
     if tracer is None:
-        yield
+        yield {}
         return
     from opentelemetry.trace import SpanKind
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     attributes = {"pgflow.flow_slug": flow_slug, "pgflow.run_id": run_id}
     with tracer.start_as_current_span(
         f"pgflow.start_flow {flow_slug}", kind=SpanKind.PRODUCER, attributes=attributes
     ):
-        yield
+        headers: dict[str, str] = {}
+        # W3C whatever the global propagator is: the stored columns are W3C's.
+        TraceContextTextMapPropagator().inject(headers)
+        yield headers

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from .errors import (
 )
 
 __all__ = [
+    "TRACED_START",
     "Transport",
     "TransportHooks",
     "check_json",
@@ -36,7 +37,11 @@ __all__ = [
     "nothing",
     "rpc_error",
     "subject_run",
+    "tracing_unavailable",
 ]
+
+#: The SQL function that starts a run and stores its trace context (pgflow-py's SQL, 0006+).
+TRACED_START = "start_flow_with_states_traced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +72,14 @@ class Transport(Protocol):
         ...
 
     async def start_flow_with_states(
-        self, flow_slug: str, input: Any, run_id: str
+        self, flow_slug: str, input: Any, run_id: str, *, trace: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        """Start a run; return ``{"run": ..., "steps": [...]}``."""
+        """Start a run; return ``{"run": ..., "steps": [...]}``.
+
+        ``trace``, W3C trace context headers (``traceparent``, ``tracestate``), is stored
+        with the run (``start_flow_with_states_traced``) where the database has that
+        function and the role may call it; elsewhere the run starts without it.
+        """
         ...
 
     async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
@@ -147,7 +157,7 @@ def rpc_error(
             return RunNotFailed(message, run_id=run_id, code=code)
         if code == "23505":
             return RunAlreadyExists(message, code=code, function=function)
-    if function == "start_flow_with_states" and flow_slug is not None:
+    if function in ("start_flow_with_states", TRACED_START) and flow_slug is not None:
         if code == "23503" and "does not exist" in message:
             return FlowNotFound(message, flow_slug=flow_slug, code=code)
         if code in ("P0001", "23502") and "input" in message:
@@ -155,6 +165,13 @@ def rpc_error(
         if code == "23505":
             return RunAlreadyExists(message, code=code, function=function)
     return RpcError(f"{function} failed: {message}", code=code, function=function)
+
+
+def tracing_unavailable(code: str | None) -> bool:
+    """Whether a refused ``start_flow_with_states_traced`` call means it cannot be used here
+    (no such function, as in pgflow's own SQL, or no EXECUTE on it), before anything ran:
+    the run is then started without its trace context."""
+    return code in ("42883", "42501", "PGRST202")
 
 
 def subject_run(params: dict[str, Any]) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
@@ -26,8 +27,10 @@ __all__ = [
     "Message",
     "PgflowSqlClient",
     "Report",
+    "RunTraceContext",
     "SqlCallStats",
     "StepTask",
+    "TraceContextCache",
     "configure_connection",
 ]
 
@@ -157,6 +160,51 @@ class StepTask:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTraceContext:
+    """The W3C trace context stored with a run (``pgflow.run_trace_contexts``): that of the
+    ``start_flow`` call that started it."""
+
+    traceparent: str
+    tracestate: str | None = None
+
+
+class TraceContextCache:
+    """The trace contexts of the runs a worker has seen, by run id, the most recent
+    ``max_runs`` of them; a run known to have none is remembered as None.
+
+    A run's context is written in the transaction that starts it, before any of its tasks
+    can be read, so what was found (or not) for a run's first task holds for all of them.
+    """
+
+    def __init__(self, max_runs: int = 4096) -> None:
+        self._max_runs = max_runs
+        self._entries: OrderedDict[uuid.UUID, RunTraceContext | None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._entries
+
+    def get(self, run_id: uuid.UUID) -> RunTraceContext | None:
+        """The run's context; None when it has none or is not known."""
+        context = self._entries.get(run_id)
+        if run_id in self._entries:
+            self._entries.move_to_end(run_id)
+        return context
+
+    def missing(self, run_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """The runs among ``run_ids`` not known yet, each once."""
+        return [r for r in dict.fromkeys(run_ids) if r not in self._entries]
+
+    def put(self, run_id: uuid.UUID, context: RunTraceContext | None) -> None:
+        self._entries[run_id] = context
+        self._entries.move_to_end(run_id)
+        while len(self._entries) > self._max_runs:
+            self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """One task's result: its output (``complete``) or its error message (``fail``)."""
 
@@ -209,6 +257,9 @@ class PgflowSqlClient:
         self._has_cancelled_at = False
         self._has_pgflow_version = False
         self._has_track_worker_function = False
+        self._trace_table: Literal["absent", "unreadable", "readable"] = "absent"
+        #: The trace contexts of the runs whose tasks this worker started.
+        self.trace_contexts = TraceContextCache()
 
     @property
     def pool(self) -> AsyncConnectionPool[AsyncConnection[Any]]:
@@ -250,6 +301,16 @@ class PgflowSqlClient:
                 " and attname = 'cancelled_at' and not attisdropped)"
             )
             cancelling = await cur.fetchone()
+            # pgflow-py 0006's trace contexts; pgflow's own SQL has no such table.
+            cur = await conn.execute(
+                "select to_regclass('pgflow.run_trace_contexts') is not null,"
+                " has_table_privilege(to_regclass('pgflow.run_trace_contexts'), 'select')"
+            )
+            tracing = await cur.fetchone()
+        if tracing and tracing[0]:
+            self._trace_table = "readable" if tracing[1] else "unreadable"
+        else:
+            self._trace_table = "absent"
         self._legacy_input = not (row and row[0])
         self._has_cancelled_at = bool(cancelling and cancelling[0])
         self._has_stopped_at = bool(stopped and stopped[0])
@@ -257,6 +318,13 @@ class PgflowSqlClient:
         self._has_track_worker_function = bool(tracking and tracking[1])
         self._has_queue_identity = bool(queues and queues[0])
         return self._legacy_input
+
+    @property
+    def trace_table(self) -> Literal["absent", "unreadable", "readable"]:
+        """Whether the SQL stores runs' trace contexts (``pgflow.run_trace_contexts``, from
+        pgflow-py's migration 0006) and this worker's role may read them; known after
+        :meth:`detect_flavour`."""
+        return self._trace_table
 
     @property
     def has_queue_identity(self) -> bool:
@@ -355,9 +423,14 @@ class PgflowSqlClient:
         worker_id: uuid.UUID,
         queue_name: str | None = None,
         step_slug: str | None = None,
+        trace_runs: Sequence[uuid.UUID] = (),
     ) -> list[StepTask]:
         """Phase two: claim the tasks behind the messages of ``queue_name`` (the flow's queue
         by default; a step's queue with ``step_slug``); messages without one are skipped.
+
+        With ``trace_runs``, the trace contexts of those runs are read in the same round trip
+        into :attr:`trace_contexts` (runs without one are remembered as None), where the SQL
+        has them.
 
         SQL with pgflow 0.17's queue identity gets the five-argument call; older SQL (pgflow up
         to 0.16, ``@pgflow/core`` 0.8.1) the three-argument one, which has no step queues.
@@ -371,7 +444,18 @@ class PgflowSqlClient:
                 f"step {step_slug!r} of flow {flow_slug!r} has its own queue, but this "
                 "database's pgflow SQL has no per-step queues (pgflow 0.17 added them)"
             )
+        traced = list(trace_runs) if self._trace_table == "readable" else []
         async with self._pool.connection() as conn, conn.pipeline():
+            # First: should it fail, no task is claimed, rather than claimed and dropped.
+            contexts = (
+                await conn.execute(
+                    "select run_id, traceparent, tracestate from pgflow.run_trace_contexts"
+                    " where run_id = any(%s::uuid[])",
+                    (traced,),
+                )
+                if traced
+                else None
+            )
             if self._has_queue_identity:
                 started = await conn.execute(
                     "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
@@ -401,6 +485,12 @@ class PgflowSqlClient:
                 )
             rows = await started.fetchall()
             attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
+            found = {} if contexts is None else {r[0]: r for r in await contexts.fetchall()}
+        for run_id in traced:
+            row = found.get(run_id)
+            self.trace_contexts.put(
+                run_id, None if row is None else RunTraceContext(row[1], row[2])
+            )
         self.stats.tasks_started += len(rows)
         tasks: list[StepTask] = []
         for flow, run_id, step_slug, task_index, msg_id, text in rows:

@@ -2,7 +2,8 @@
 
 Without it (the ``otel`` extra absent) nothing is imported and every hook does nothing. With
 it, spans and metrics go to the providers given, else to the API's global ones (no-ops until
-an SDK is configured).
+an SDK is configured). A task's span is a child of the trace context stored with its run (that
+of the ``start_flow`` call that started it), else the root of a trace of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ._sql_client import StepTask
+from ._sql_client import RunTraceContext, StepTask
 
 __all__ = ["WorkerTelemetry", "otel_available"]
 
@@ -33,8 +34,11 @@ class WorkerTelemetry:
         if not self.enabled:
             return
         from opentelemetry import metrics, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._trace = trace
+        # W3C, whatever the application's global propagator: that is the stored format.
+        self._propagator = TraceContextTextMapPropagator()
         self._tracer = trace.get_tracer("pgflow_worker", tracer_provider=tracer_provider)
         meter = metrics.get_meter("pgflow_worker", meter_provider=meter_provider)
         self._completed = meter.create_counter(
@@ -56,8 +60,15 @@ class WorkerTelemetry:
         )
 
     @contextlib.contextmanager
-    def task(self, task: StepTask, enqueued_at: Any) -> Iterator[_TaskRecord]:
-        """A span around one task attempt, and its metrics when it ends."""
+    def task(
+        self, task: StepTask, enqueued_at: Any, parent: RunTraceContext | None = None
+    ) -> Iterator[_TaskRecord]:
+        """A span around one task attempt, and its metrics when it ends.
+
+        The span is a child of ``parent``, the run's stored trace context, when there is one,
+        and otherwise a root: never a child of whatever span was current where the worker
+        started, which has nothing to do with the run.
+        """
         record = _TaskRecord()
         if not self.enabled:
             yield record
@@ -79,6 +90,7 @@ class WorkerTelemetry:
         try:
             with self._tracer.start_as_current_span(
                 span_name,
+                context=self._parent_context(parent),
                 kind=self._trace.SpanKind.CONSUMER,
                 attributes=attributes,
                 record_exception=False,
@@ -100,6 +112,17 @@ class WorkerTelemetry:
                 self._completed.add(1, metric_attributes)
             else:
                 self._failed.add(1, metric_attributes)
+
+    def _parent_context(self, parent: RunTraceContext | None) -> Any:
+        from opentelemetry.context import Context
+
+        if parent is None:
+            return Context()
+        carrier = {"traceparent": parent.traceparent}
+        if parent.tracestate:
+            carrier["tracestate"] = parent.tracestate
+        # A context that cannot be parsed gives an empty one: the span is then a root.
+        return self._propagator.extract(carrier, context=Context())
 
 
 class _TaskRecord:

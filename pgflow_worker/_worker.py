@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import signal
@@ -255,6 +256,11 @@ class FlowWorker:
                 "; ".join(result.kept_options),
             )
         await client.detect_flavour()
+        if self._telemetry.enabled and client.trace_table == "unreadable":
+            log.warning(
+                "this worker's role may not read pgflow.run_trace_contexts: task spans start "
+                "traces of their own instead of joining their run's (grant select on it)"
+            )
         await client.track_worker_function(self.settings.function_name)
         await client.register_worker(self.worker_id, self.queue_name, self.settings.function_name)
 
@@ -421,9 +427,21 @@ class FlowWorker:
             self.worker_id,
             self.queue_name if client.has_queue_identity else None,
             self.step,
+            trace_runs=self._untraced_runs(client, messages),
         )
         by_id = {m.msg_id: m for m in messages}
         return [(by_id[t.msg_id], t) for t in tasks]
+
+    def _untraced_runs(self, client: PgflowSqlClient, messages: list[Message]) -> list[uuid.UUID]:
+        """The runs of these messages whose trace context is still to be read: none unless
+        tasks are traced and the SQL stores contexts."""
+        if not self._telemetry.enabled or client.trace_table != "readable":
+            return []
+        run_ids: list[uuid.UUID] = []
+        for message in messages:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                run_ids.append(uuid.UUID(str(message.message.get("run_id"))))
+        return client.trace_contexts.missing(run_ids)
 
     def _release(self, count: int) -> None:
         for _ in range(count):
@@ -495,7 +513,10 @@ class FlowWorker:
         else:
             logger.debug("starting attempt %s", task.attempt)
             error = None
-            with self._telemetry.task(task, ctx.raw_message.get("enqueued_at")) as record:
+            client = self._client
+            trace_context = client.trace_contexts.get(task.run_id) if client else None
+            enqueued_at = ctx.raw_message.get("enqueued_at")
+            with self._telemetry.task(task, enqueued_at, trace_context) as record:
                 try:
                     output = await self._invoke(step, task, ctx)
                 except asyncio.CancelledError as exc:
@@ -566,7 +587,9 @@ class FlowWorker:
             else:
                 self._threads_started += 1
                 name = f"pgflow-{self.flow.slug}-{self._threads_started}"
-                future = _run_in_thread(functools.partial(step.handler, *args), name)
+                # The handler sees this task's context variables: its span is the current one.
+                context = contextvars.copy_context()
+                future = _run_in_thread(functools.partial(context.run, step.handler, *args), name)
                 result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             current = asyncio.current_task()

@@ -174,13 +174,18 @@ async def test_client_grants_allow_exactly_starting_flows_and_reading_runs(
     db_url: str, client_role: str
 ) -> None:
     """Supabase's ``authenticated`` role with the grants docs/supabase.md gives it, run as
-    written there (USAGE on pgflow, EXECUTE on start_flow_with_states and get_run_with_states):
+    written there (USAGE on pgflow, EXECUTE on start_flow_with_states, its traced form and
+    get_run_with_states):
     it starts runs, reads them, gets their events; it reaches nothing else: no table, no other
     function, not the queue."""
     define(db_url)
     grant_supabase_client(db_url, client_role)
     assert privileges(db_url, client_role) == {
-        "functions": ["get_run_with_states", "start_flow_with_states"],
+        "functions": [
+            "get_run_with_states",
+            "start_flow_with_states",
+            "start_flow_with_states_traced",
+        ],
         "tables": [],
     }
     flow = sample_flow()
@@ -237,6 +242,7 @@ async def test_client_grants_over_plain_postgres(db_url: str, client_role: str) 
             "notify_message_inserted",
             "send",
             "start_flow_with_states",
+            "start_flow_with_states_traced",
             "topic",
         ],
         "tables": ["realtime.messages:select"],

@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 from tests.sql.helpers import define_flow, raises_sqlstate
+from tests.sql.test_trace_context import TRACEPARENT
 
 Conn = psycopg.Connection[Any]
 
@@ -108,8 +109,8 @@ def test_every_function_pins_its_search_path(db_url: str) -> None:
 
 
 def test_snapshot_rpcs_are_security_definer(db_url: str) -> None:
-    """The two snapshot RPCs and the three that operate runs (clients call them through
-    PostgREST with no privilege on the tables), and the pg_cron set-up (as in pgflow:
+    """The two snapshot RPCs, the traced start and the three that operate runs (clients call
+    them through PostgREST with no privilege on the tables), and the pg_cron set-up (as in pgflow:
     scheduling needs the owner's rights on the cron schema), and nothing else."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute(
@@ -124,6 +125,7 @@ def test_snapshot_rpcs_are_security_definer(db_url: str) -> None:
             ("retry_run", True),
             ("setup_requeue_stalled_tasks_cron", True),
             ("start_flow_with_states", True),
+            ("start_flow_with_states_traced", True),
         ]
 
 
@@ -150,6 +152,38 @@ def test_client_role_with_rpc_grants_only(stranger: tuple[Conn, str]) -> None:
     assert [s["step_slug"] for s in snapshot[0]["steps"]] == ["a"]
     with raises_sqlstate("42501"):
         conn.execute("select * from pgflow.runs")
+    # The traced start is a grant of its own: without it, refused before anything starts.
+    with raises_sqlstate("42501"):
+        conn.execute(
+            "select pgflow.start_flow_with_states_traced('f', '{}', null, %s)", (TRACEPARENT,)
+        )
+
+
+def test_client_role_with_the_traced_start_stores_the_context(stranger: tuple[Conn, str]) -> None:
+    """EXECUTE on start_flow_with_states_traced is enough to start a run with its trace
+    context, without any privilege on pgflow.run_trace_contexts."""
+    conn, role = stranger
+    define_flow(conn, "f", [("a", [])])
+    ident = sql.Identifier(role)
+    conn.execute(sql.SQL("grant usage on schema pgflow to {}").format(ident))
+    conn.execute(
+        sql.SQL(
+            "grant execute on function"
+            " pgflow.start_flow_with_states_traced(text, jsonb, uuid, text, text) to {}"
+        ).format(ident)
+    )
+    as_role(conn, role)
+    row = conn.execute(
+        "select pgflow.start_flow_with_states_traced('f', '{}', null, %s)", (TRACEPARENT,)
+    ).fetchone()
+    assert row is not None
+    with raises_sqlstate("42501"):
+        conn.execute("select * from pgflow.run_trace_contexts")
+    conn.execute("reset role")
+    stored = conn.execute(
+        "select run_id::text, traceparent from pgflow.run_trace_contexts"
+    ).fetchall()
+    assert stored == [(row[0]["run"]["run_id"], TRACEPARENT)]
 
 
 def test_operator_role_with_rpc_grants_only(stranger: tuple[Conn, str]) -> None:

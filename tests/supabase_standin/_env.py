@@ -122,6 +122,7 @@ def prepare_real_database(db_url: str, roles: Sequence[str] = API_ROLES) -> None
             conn.execute(sql.SQL("grant usage on schema pgflow to {}").format(ident))
             for function in (
                 "pgflow.start_flow_with_states(text, jsonb, uuid)",
+                "pgflow.start_flow_with_states_traced(text, jsonb, uuid, text, text)",
                 "pgflow.get_run_with_states(uuid)",
                 "pgflow.list_runs(text, text, timestamptz, integer, uuid)",
                 "pgflow.cancel_run(uuid, text)",

@@ -37,6 +37,7 @@ from ._settings import WorkerSettings
 from ._shape import ensure_flow
 from ._sql_client import Message, PgflowSqlClient, SqlCallStats, StepTask, configure_connection
 from ._telemetry import WorkerTelemetry
+from ._threads import HandlerThreads
 from .errors import WorkerError
 
 __all__ = ["FlowWorker", "run_worker"]
@@ -127,7 +128,7 @@ class FlowWorker:
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._report_slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._runner: asyncio.Task[None] | None = None
-        self._threads_started = 0
+        self._threads = HandlerThreads(f"pgflow-{flow.slug}")
         self._client: PgflowSqlClient | None = None
         self.completed = 0
         self.failed = 0
@@ -233,6 +234,7 @@ class FlowWorker:
         finally:
             for remove in removers:
                 remove()
+            self._threads.close()
             await pool.close()
 
     async def _prepare(self, client: PgflowSqlClient) -> None:
@@ -585,11 +587,9 @@ class FlowWorker:
                 async with asyncio.timeout(timeout):
                     result = await step.handler(*args)
             else:
-                self._threads_started += 1
-                name = f"pgflow-{self.flow.slug}-{self._threads_started}"
                 # The handler sees this task's context variables: its span is the current one.
                 context = contextvars.copy_context()
-                future = _run_in_thread(functools.partial(context.run, step.handler, *args), name)
+                future = self._threads.run(functools.partial(context.run, step.handler, *args))
                 result = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             current = asyncio.current_task()
@@ -653,38 +653,6 @@ class FlowWorker:
                 "%s task(s) did not finish in time; they will be retried after their timeout",
                 len(pending),
             )
-
-
-def _run_in_thread(call: Callable[[], Any], name: str) -> asyncio.Future[Any]:
-    """Run a sync handler on a daemon thread of its own; its outcome arrives as a future.
-
-    Not a thread pool: a handler that never returns cannot be stopped, and in a pool it would
-    hold a pool thread for good (starving later handlers) and block the process's exit. A
-    daemon thread is simply abandoned once its timeout has passed.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # timed out or cancelled meanwhile: nobody wants the outcome
-            return
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
-
-    def target() -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            result = call()
-        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they fail the task
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the event loop is gone: the worker stopped
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return future
 
 
 def _remove_signal_handler(loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:

@@ -228,6 +228,32 @@ async def test_hung_sync_handler_is_abandoned_and_retried(db_url: str) -> None:
     assert "TimeoutError" in run["_tasks"][0]["error_message"]
 
 
+async def test_sync_handlers_reuse_idle_threads(db_url: str) -> None:
+    """A chain of sync steps, one attempt after another: the later attempts run on the thread
+    the first one left idle rather than on a new thread each."""
+    flow = Flow("sync_chain")
+    names: list[str] = []
+
+    @flow.step
+    def first(input: Any) -> int:
+        names.append(threading.current_thread().name)
+        return 1
+
+    @flow.step(depends_on=[first])
+    def second(input: Any) -> int:
+        names.append(threading.current_thread().name)
+        return 2
+
+    @flow.step(depends_on=[second])
+    def third(input: Any) -> int:
+        names.append(threading.current_thread().name)
+        return 3
+
+    run = await run_flow(db_url, flow, {})
+    assert run["output"] == {"third": 3}
+    assert names == ["pgflow-sync_chain-1"] * 3
+
+
 async def test_lost_lease_is_retried_when_the_worker_does_not_enforce_timeouts(
     db_url: str,
 ) -> None:

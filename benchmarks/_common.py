@@ -208,15 +208,18 @@ class WorkerProcess:
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)
 
-    def wait_registered(self, conn: psycopg.Connection[Any], queue: str, timeout: float) -> None:
-        """Wait until a live worker of ``queue`` is registered; fail if the process exits."""
+    def wait_registered(
+        self, conn: psycopg.Connection[Any], queue: str, timeout: float, count: int = 1
+    ) -> None:
+        """Wait until ``count`` live workers of ``queue`` are registered; fail if this process
+        exits."""
         deadline = time.monotonic() + timeout
         while True:
             row = conn.execute(
                 "select count(*) from pgflow.workers where queue_name = %s and stopped_at is null",
                 (queue,),
             ).fetchone()
-            if row and row[0]:
+            if row and row[0] >= count:
                 return
             self.check_alive()
             if time.monotonic() > deadline:

@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
@@ -30,7 +29,7 @@ from benchmarks._common import (
     median,
     progress,
 )
-from benchmarks.worker_throughput import start_runs, target
+from benchmarks.worker_throughput import start_runs, target, wait_for_runs
 from tests._stack import Stack
 
 
@@ -57,30 +56,6 @@ class Measurement:
         return self.worker_cpu / self.tasks if self.tasks else 0.0
 
 
-def wait_for_runs(
-    conn: psycopg.Connection[Any], workers: Sequence[WorkerProcess], slug: str, timeout: float
-) -> None:
-    """Wait until no run of ``slug`` is unfinished, failing on a failed run or a dead worker."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = conn.execute(
-            "select count(*) filter (where status = 'started'),"
-            " count(*) filter (where status = 'failed') from pgflow.runs where flow_slug = %s",
-            (slug,),
-        ).fetchone()
-        assert row is not None
-        unfinished, failed = row
-        if failed:
-            raise RuntimeError(f"{failed} run(s) of {slug!r} failed:\n{workers[0].log_tail()}")
-        if not unfinished:
-            return
-        for worker in workers:
-            worker.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{unfinished} run(s) of {slug!r} unfinished after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 def measure(
     stack: Stack, server: ServerCpu, processes: int, args: argparse.Namespace
 ) -> Measurement:
@@ -94,20 +69,8 @@ def measure(
                 stop.enter_context(WorkerProcess(spec, url, "--log-level", "WARNING"))
                 for _ in range(processes)
             ]
-            deadline = time.monotonic() + 60
-            while True:
-                row = conn.execute(
-                    "select count(*) from pgflow.workers"
-                    " where queue_name = %s and stopped_at is null",
-                    (flow.slug,),
-                ).fetchone()
-                if row and row[0] >= processes:
-                    break
-                for worker in workers:
-                    worker.check_alive()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{processes} workers did not register within 60 s")
-                time.sleep(0.05)
+            for worker in workers:
+                worker.wait_registered(conn, flow.slug, timeout=60, count=processes)
             before = sum(w.sample().cpu for w in workers)
             server_before = server.sample()
             started = conn.execute("select clock_timestamp()").fetchone()

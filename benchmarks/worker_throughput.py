@@ -184,7 +184,7 @@ def start_runs(conn: psycopg.Connection[Any], slug: str, scenario: str, count: i
 
 
 def wait_for_runs(
-    conn: psycopg.Connection[Any], worker: WorkerProcess, slug: str, timeout: float
+    conn: psycopg.Connection[Any], workers: Sequence[WorkerProcess], slug: str, timeout: float
 ) -> None:
     """Wait until no run of ``slug`` is unfinished (failing on a failed run or a dead worker)."""
     deadline = time.monotonic() + timeout
@@ -197,10 +197,11 @@ def wait_for_runs(
         assert row is not None
         unfinished, failed = row
         if failed:
-            raise RuntimeError(f"{failed} run(s) of {slug!r} failed:\n{worker.log_tail()}")
+            raise RuntimeError(f"{failed} run(s) of {slug!r} failed:\n{workers[0].log_tail()}")
         if not unfinished:
             return
-        worker.check_alive()
+        for worker in workers:
+            worker.check_alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"{unfinished} run(s) of {slug!r} unfinished after {timeout:.0f} s")
         time.sleep(0.05)
@@ -231,7 +232,7 @@ def run_worker_scenario(
             started = conn.execute("select clock_timestamp()").fetchone()
             assert started is not None
             start_runs(conn, flow.slug, scenario, size)
-            wait_for_runs(conn, worker, flow.slug, timeout=args.timeout)
+            wait_for_runs(conn, [worker], flow.slug, timeout=args.timeout)
             after = worker.sample()
             server_cpu = server.sample() - server_before
             row = conn.execute(
@@ -320,7 +321,7 @@ def memory_curve(stack: Stack, args: argparse.Namespace) -> list[MemoryPoint]:
             while done_runs < target_runs:
                 round_runs = 334 if done_runs == 0 else min(3334, target_runs - done_runs)
                 start_runs(conn, flow.slug, "chain", round_runs)
-                wait_for_runs(conn, worker, flow.slug, timeout=args.timeout)
+                wait_for_runs(conn, [worker], flow.slug, timeout=args.timeout)
                 done_runs += round_runs
                 point = MemoryPoint(done_runs * 3, worker.sample())
                 points.append(point)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+import uvicorn
 from psycopg.types.json import Jsonb
 from starlette.testclient import TestClient
 
 from pgflow_worker import Flow, FlowWorker, ensure_flow
 from pgflow_worker._tools.dashboard import create_app
+from pgflow_worker._tools.dashboard._security import LOOPBACK_HOSTS
 
 FAST = {"max_poll_seconds": 1, "poll_interval_ms": 20}
 
@@ -75,3 +80,55 @@ async def shaped(db_url: str) -> dict[str, str]:
         "flagged": await run_to_end(db_url, flow, {"n": 3, "flagged": True}),
         "plain": await run_to_end(db_url, flow, {"n": 2}),
     }
+
+
+@pytest.fixture
+async def served(db_url: str) -> AsyncIterator[str]:
+    """The dashboard on a real uvicorn server in the test's event loop; yields its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)  # connections wait in the backlog until uvicorn accepts them
+    port = sock.getsockname()[1]
+    app = create_app(db_url, allowed_hosts=LOOPBACK_HOSTS)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(30):
+            await task
+        sock.close()
+
+
+def chromium_path() -> str | None:
+    """The machine's Chromium (Debian's ``chromium`` package), or None."""
+    named = os.environ.get("PGFLOW_TEST_CHROMIUM")
+    if named:
+        return named
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright (the system's browser, nothing downloaded)."""
+    path = chromium_path()
+    if path is None:
+        pytest.skip(
+            "no Chromium on this machine (apt-get install chromium, or set "
+            "PGFLOW_TEST_CHROMIUM): the browser tests need one"
+        )
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=path, headless=True)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()

@@ -103,7 +103,7 @@ def test_a_token_guards_every_request(db_url: str) -> None:
         assert "pgflow_token=s3cret-token" in cookie
         assert "HttpOnly" in cookie
         assert "SameSite=strict" in cookie
-        assert adopted.headers["referrer-policy"] == "no-referrer"
+        assert adopted.headers["referrer-policy"] == "same-origin"
         assert client.get("/runs?status=failed").status_code == 200  # the cookie now
         assert client.get("/static/live.js").status_code == 200
 

@@ -807,6 +807,16 @@ def demo(
     ] = False,
     db: DbOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each run.")] = 60.0,
+    with_dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="Then serve the dashboard on the demo's database (127.0.0.1) until Ctrl-C.",
+        ),
+    ] = False,
+    dashboard_port: Annotated[
+        int, typer.Option("--dashboard-port", help="The dashboard's port, with --dashboard.")
+    ] = 8765,
 ) -> None:
     """Run pgflow end to end: a worker, live runs of two flows, their outputs and timings.
 
@@ -816,7 +826,16 @@ def demo(
     """
     from .demo import DemoOptions, run_demo
 
-    options = DemoOptions(runs=runs, live=live, reset=reset, db=db, timeout=timeout)
+    if with_dashboard:
+        _dashboard_module()  # without the extra, say so before the demo starts
+    options = DemoOptions(
+        runs=runs,
+        live=live,
+        reset=reset,
+        db=db,
+        timeout=timeout,
+        dashboard_port=dashboard_port if with_dashboard else None,
+    )
     raise typer.Exit(run_demo(options, console=console, errors=errors))
 
 

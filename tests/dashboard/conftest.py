@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -82,9 +83,9 @@ async def shaped(db_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-async def served(db_url: str) -> AsyncIterator[str]:
-    """The dashboard on a real uvicorn server in the test's event loop; yields its base URL."""
+@contextlib.asynccontextmanager
+async def serving(db_url: str) -> AsyncIterator[str]:
+    """The dashboard on a real uvicorn server in the running event loop; yields its base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)  # connections wait in the backlog until uvicorn accepts them
@@ -101,6 +102,13 @@ async def served(db_url: str) -> AsyncIterator[str]:
         async with asyncio.timeout(30):
             await task
         sock.close()
+
+
+@pytest.fixture
+async def served(db_url: str) -> AsyncIterator[str]:
+    """The dashboard served over real HTTP for the test's database."""
+    async with serving(db_url) as url:
+        yield url
 
 
 def chromium_path() -> str | None:

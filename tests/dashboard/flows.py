@@ -13,9 +13,9 @@ HOSTILE = '<script>window.__pwned = 1</script>"\'><img src=x onerror="window.__p
 BIG = "x" * (2 * 1024 * 1024)
 
 
-def shapes() -> Flow:
+def shapes(slug: str = "dash_shapes") -> Flow:
     """fetch → (each over items, audit if flagged) → report."""
-    flow = Flow("dash_shapes", max_attempts=1)
+    flow = Flow(slug, max_attempts=1)
 
     @flow.step
     def fetch(input: dict[str, Any]) -> dict[str, Any]:

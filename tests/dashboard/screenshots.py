@@ -25,7 +25,8 @@ _NAMES = [("Alice", "Smith"), ("Bob", "Jones"), ("Chidi", "Okafor"), ("Dana", "K
 
 async def _populate(db_url: str) -> str:
     """Runs of every kind; returns the crawl run the run page shows."""
-    greet, crawl, shaped = greet_user_flow(), crawl_site_flow(delay=0.05), shapes()
+    greet, crawl = greet_user_flow(), crawl_site_flow(delay=0.05)
+    shaped = shapes("review_order")
     await define(db_url, greet, crawl, shaped)
     for first, last in _NAMES:
         await run_to_end(db_url, greet, {"first_name": first, "last_name": last})

@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psycopg
+from starlette.testclient import TestClient
 
 from pgflow_worker import FlowWorker
+from pgflow_worker._tools.dashboard import create_app
 from tests.dashboard.conftest import FAST, define, random_run_id, start
 from tests.dashboard.flows import gated
 
@@ -74,3 +77,20 @@ async def test_a_finished_run_streams_once_and_ends(db_url: str, served: str) ->
             seen = [(event, data.get("status")) async for event, data in _events(stream)]
         assert seen == [("update", "cancelled"), ("end", None)]
         assert (await http.get(f"/runs/{random_run_id()}/events")).status_code == 404
+
+
+async def test_without_notifications_the_page_says_it_is_not_live(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # As on a Supabase database: broadcasts are stored, nothing is notified.
+        conn.execute("drop trigger notify_message_inserted on realtime.messages")
+    gate, entered = asyncio.Event(), asyncio.Event()
+    flow = gated(gate, entered)
+    await define(db_url, flow)
+    run_id = await start(db_url, flow.slug, {})
+    with TestClient(create_app(db_url)) as client:
+        page = client.get(f"/runs/{run_id}")
+        assert "Live updates are off: realtime.messages has no NOTIFY trigger" in page.text
+        with client.stream("GET", f"/runs/{run_id}/events") as stream:
+            text = "".join(stream.iter_text())
+    assert text.count("event: update") == 1
+    assert text.endswith("event: end\ndata: {}\n\n")

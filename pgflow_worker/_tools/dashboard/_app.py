@@ -28,6 +28,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pgflow_client.dsn import redact
+
 from ._dag import render_dag
 from ._live import LiveRuns
 from ._queries import MAX_JSON_CHARS, MAX_TASKS_PER_STEP, Database, RunDetail, canonical
@@ -326,6 +328,11 @@ class _Dashboard:
             return self.problem(request, 409, f"Cannot {what} this run", message)
         raise exc
 
+    async def database_error(self, request: Request, exc: Exception) -> Response:
+        """A query the database refused (a missing grant, say) or a lost connection."""
+        message = redact(str(exc)).strip() or type(exc).__name__
+        return self.problem(request, 500, "The database query failed", message)
+
     async def not_found(self, request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException) and exc.status_code != 404:
             return self.problem(request, exc.status_code, "Error", str(exc.detail))
@@ -373,7 +380,11 @@ def create_app(
             Route("/runs/{run_id}/retry", dash.retry, methods=["POST"]),
             Mount("/static", StaticFiles(packages=[(PACKAGE, "static")]), name="static"),
         ],
-        exception_handlers={404: dash.not_found, 405: dash.not_found},
+        exception_handlers={
+            404: dash.not_found,
+            405: dash.not_found,
+            psycopg.Error: dash.database_error,
+        },
         middleware=[Middleware(Guard, token=token, allowed_hosts=allowed_hosts)],
         lifespan=lifespan,
     )

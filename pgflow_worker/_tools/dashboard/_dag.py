@@ -90,10 +90,13 @@ def render_dag(
                 continue
             x1, y1 = xy(dep)
             sx, sy, ex, ey = x1 + _BOX_W, y1 + _BOX_H // 2, x2 - 2, y2 + _BOX_H // 2
-            mid = (sx + ex) // 2
+            # An edge skipping columns runs along its source's row, then bends into its target
+            # in the last gap, instead of cutting across the boxes in between.
+            bend = max(sx, ex - _COL_GAP)
+            mid = (bend + ex) // 2
             parts.append(
                 f'<path class="edge" marker-end="url(#arrow)" '
-                f'd="M {sx} {sy} C {mid} {sy}, {mid} {ey}, {ex} {ey}"/>'
+                f'd="M {sx} {sy} L {bend} {sy} C {mid} {sy}, {mid} {ey}, {ex} {ey}"/>'
             )
     for step in steps:
         x, y = xy(step.slug)

@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
+
 from pgflow_client._postgres import PostgresTransport
 from pgflow_client._transport import TransportHooks
 from pgflow_client.errors import PgflowClientError
@@ -21,6 +23,31 @@ from pgflow_client.errors import PgflowClientError
 __all__ = ["LiveRuns", "Watch"]
 
 log = logging.getLogger("pgflow.dashboard")
+
+
+async def _without_notifications(dsn: str) -> str | None:
+    """Why broadcasts raise no NOTIFY here, or None when they do.
+
+    pgflow-py's realtime stand-in (plain PostgreSQL) notifies on every broadcast; Supabase's
+    own ``realtime`` schema does not, and its changes reach browsers through its Realtime
+    server instead.
+    """
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "select 1 from pg_catalog.pg_trigger "
+                "where tgname = 'notify_message_inserted' "
+                "and tgrelid = to_regclass('realtime.messages')"
+            )
+            found = await cur.fetchone()
+    except psycopg.Error as exc:
+        return f"cannot check for the broadcast trigger: {exc}"
+    if found is None:
+        return (
+            "realtime.messages has no NOTIFY trigger in this database (it is a Supabase "
+            "database, or pgflow-py's realtime stand-in is not installed): reload to see changes"
+        )
+    return None
 
 
 class Watch:
@@ -43,6 +70,10 @@ class LiveRuns:
 
     async def open(self) -> None:
         """Start listening; on failure, pages still load and say why they are not live."""
+        self.problem = await _without_notifications(self._dsn)
+        if self.problem is not None:
+            log.warning("live updates are off: %s", self.problem)
+            return
         transport = PostgresTransport(
             self._dsn, TransportHooks(deliver=self._deliver, resync=self._resync), pool_size=2
         )

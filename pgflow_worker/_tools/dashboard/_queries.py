@@ -78,7 +78,8 @@ class StepShape:
 
 @dataclass(frozen=True, slots=True)
 class FlowSummary:
-    """A flow with its steps and how many of its runs are in each status."""
+    """A flow with its steps and its runs counted by status: every started run, and the
+    runs of the last 24 hours that ended."""
 
     slug: str
     steps: tuple[StepShape, ...]
@@ -245,16 +246,24 @@ class Database:
         return [r["flow_slug"] for r in rows]
 
     async def flows(self) -> list[FlowSummary]:
-        """Every flow with its steps and its runs counted by status."""
+        """Every flow with its steps and its runs counted by status (see FlowSummary)."""
         flows = await self._rows(
             "select flow_slug, created_at from pgflow.flows order by flow_slug"
         )
+        # Bounded work on any table size: the started runs through the status index (they
+        # are the runs in flight, few), the others of the last day through the start index.
         counts = await self._rows(
             """
-            select flow_slug,
-                   case when cancelled_at is not null then 'cancelled' else status end as status,
-                   count(*) as n
+            select flow_slug, 'started' as status, count(*) as n
               from pgflow.runs
+             where status = 'started'
+             group by flow_slug
+            union all
+            select flow_slug,
+                   case when cancelled_at is not null then 'cancelled' else status end,
+                   count(*)
+              from pgflow.runs
+             where started_at >= now() - interval '24 hours' and status <> 'started'
              group by 1, 2
             """
         )

@@ -70,9 +70,15 @@ def test_the_command_serves_on_loopback_and_stops_on_ctrl_c(db_url: str) -> None
     )
     try:
         assert child.stderr is not None
-        line = child.stderr.readline()
-        assert line.startswith("pgflow dashboard on http://127.0.0.1:"), line
+        seen = []
+        for line in child.stderr:
+            seen.append(line)
+            if line.startswith("pgflow dashboard on "):
+                break
+        else:
+            raise AssertionError("".join(seen))
         url = line.split()[3]
+        assert url.startswith("http://127.0.0.1:"), line
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200
         assert "<h1>Flows</h1>" in page.text

@@ -103,6 +103,7 @@ async def test_hostile_strings_are_text_and_big_outputs_are_cut(
     text = _text(body)
     assert f"RuntimeError: {HOSTILE}" in text  # the step's and the run's error
     assert "too large to show in full" in text
+    assert re.search(r"Showing the first 20,000 characters of 2,097,\d{3} characters", text)
     assert len(body) < 200_000, "the 2 MB output was sent whole"
     assert BIG[:1000] in body
     assert "window.__pwned" in text

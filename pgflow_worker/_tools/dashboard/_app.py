@@ -69,11 +69,7 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 
 def _size(chars: int) -> str:
-    for unit in ("characters", "k characters", "M characters"):
-        if chars < 1000 or unit == "M characters":
-            return f"{chars:,} {unit}" if unit == "characters" else f"{chars:.1f}{unit}"
-        chars /= 1000  # type: ignore[assignment]
-    raise AssertionError
+    return f"{chars:,} characters"
 
 
 def _environment() -> Environment:

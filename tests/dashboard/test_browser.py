@@ -12,6 +12,16 @@ from pgflow_worker import FlowWorker
 from tests.dashboard.conftest import FAST, define, run_to_end, start
 from tests.dashboard.flows import HOSTILE, gated, hostile, shapes
 
+# Counts the times the live script replaces the run's body (window.__redrawn).
+_COUNT_REDRAWS = """
+document.addEventListener("DOMContentLoaded", () => {
+  const run = document.getElementById("run");
+  if (!run) return;
+  new MutationObserver(() => { window.__redrawn = (window.__redrawn || 0) + 1; })
+    .observe(run, {childList: true});
+});
+"""
+
 
 async def _page(browser: Any, problems: list[str]) -> Page:
     page: Page = await browser.new_page()
@@ -68,8 +78,12 @@ async def test_cancel_then_retry_from_their_buttons(db_url: str, served: str, br
     run_id = await start(db_url, "dash_shapes", {"n": 2})
     problems: list[str] = []
     page = await _page(browser, problems)
+    await page.add_init_script(_COUNT_REDRAWS)
     await page.goto(f"{served}/runs/{run_id}")
     await expect(page.locator("#run-status .badge")).to_have_text("started")
+    await expect(page.locator("#run")).to_have_attribute("data-status", "started")  # streamed
+    # The stream's first update showed nothing new: the form was left as it was drawn.
+    assert await page.evaluate("window.__redrawn") is None
     await page.get_by_label("Reason").fill("wrong input")
     await page.get_by_role("button", name="Cancel run").click()
     await expect(page.locator("#run-status .badge")).to_have_text("cancelled")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -87,6 +88,11 @@ def _environment() -> Environment:
     env.globals["MAX_JSON_CHARS"] = MAX_JSON_CHARS
     env.globals["MAX_TASKS_PER_STEP"] = MAX_TASKS_PER_STEP
     return env
+
+
+def _version(html: str) -> str:
+    """A short fingerprint of a rendered run body."""
+    return hashlib.sha256(html.encode()).hexdigest()[:16]
 
 
 def _csrf_token(request: Request) -> str:
@@ -229,10 +235,12 @@ class _Dashboard:
         if not isinstance(found, RunDetail):
             return found
         notice = _NOTICES.get(request.query_params.get("notice") or "")
+        body = self.run_body(request, found, notice)
+        # The stream's first update is usually this very body: the script skips an update
+        # whose version it already shows, so a form being filled in is left alone.
+        version = _version(self.run_body(request, found)) if notice else _version(body)
         return self.render(
-            request,
-            "run.html",
-            {"run": found, "body": Markup(self.run_body(request, found, notice))},
+            request, "run.html", {"run": found, "body": Markup(body), "version": version}
         )
 
     async def events(self, request: Request) -> Response:
@@ -253,7 +261,8 @@ class _Dashboard:
                 if run is None:
                     yield "event: end\ndata: {}\n\n"
                     return
-                data = {"status": run.shown_status, "html": self.run_body(request, run)}
+                html = self.run_body(request, run)
+                data = {"status": run.shown_status, "html": html, "version": _version(html)}
                 yield f"event: update\ndata: {json.dumps(data)}\n\n"
                 if run.status != "started" or not self.live.available:
                     yield "event: end\ndata: {}\n\n"

@@ -7,6 +7,9 @@
   const source = new EventSource(root.dataset.events);
   source.addEventListener("update", function (event) {
     const data = JSON.parse(event.data);
+    root.dataset.status = data.status;
+    if (data.version === root.dataset.version) return;  // nothing changed since it was drawn
+    root.dataset.version = data.version;
     const open = Array.from(root.querySelectorAll("details[open]"), function (d) { return d.id; });
     const focused = document.activeElement && document.activeElement.name === "reason"
       ? document.activeElement.value : null;
@@ -17,7 +20,6 @@
     });
     const reason = root.querySelector("input[name=reason]");
     if (reason && focused !== null) { reason.value = focused; reason.focus(); }
-    root.dataset.status = data.status;
   });
   source.addEventListener("end", function () {
     source.close();

@@ -36,6 +36,7 @@ from ._sql_client import SqlCallStats
 from ._tools import LocalPostgres
 from ._worker import FlowWorker, run_worker
 from .errors import (
+    DashboardError,
     DatabaseSetupError,
     FlowDefinitionError,
     FlowRunTimeout,
@@ -55,6 +56,7 @@ from .errors import (
 )
 
 __all__ = [
+    "DashboardError",
     "DatabaseSetupError",
     "EnsureResult",
     "Flow",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "DashboardError",
     "DatabaseSetupError",
     "FlowDefinitionError",
     "FlowRunTimeout",
@@ -112,6 +113,11 @@ class PgmqUnavailable(DatabaseSetupError):
 
 class MigrationError(DatabaseSetupError):
     """A migration could not be applied, or the database holds an unknown pgflow schema."""
+
+
+class DashboardError(PgflowError):
+    """``pgflow dashboard`` cannot start: its extra is not installed, or it was asked to listen
+    beyond this machine without a token, or on an address it cannot use."""
 
 
 class StepNotFound(PgflowError, KeyError):

@@ -91,6 +91,7 @@ EXPECTED = {
         "PostgresStartError",
         "ServerFolderInUse",
         "ServerNotRunning",
+        "DashboardError",
         "SqlCallStats",
         "StepDefinition",
         "StepNotFound",

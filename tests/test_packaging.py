@@ -75,6 +75,13 @@ def test_the_wheel_holds_both_packages_the_sql_and_the_command(wheel: zipfile.Zi
     assert {"pgflow_client/py.typed", "pgflow_worker/py.typed"} <= names
     assert any(n.startswith("pgflow_worker/_sql/migrations/") for n in names)
     assert "pgflow_worker/_sql/compat/realtime.sql" in names
+    dashboard = "pgflow_worker/_tools/dashboard/"
+    assert {
+        f"{dashboard}templates/run.html",
+        f"{dashboard}templates/_run_body.html",
+        f"{dashboard}static/dashboard.css",
+        f"{dashboard}static/live.js",
+    } <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
     (entry,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     scripts = wheel.read(entry).decode()

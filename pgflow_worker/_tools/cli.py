@@ -728,6 +728,67 @@ def retry(
     raise typer.Exit(_run_async(go()))
 
 
+DASHBOARD_EXTRA_MISSING = (
+    "pgflow dashboard needs the dashboard extra (Starlette, uvicorn, Jinja2), which is not "
+    "installed: pip install 'pgflow-py[dashboard]'"
+)
+
+
+def _dashboard_module() -> Any:
+    try:
+        return importlib.import_module(f"{__package__}.dashboard")
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] in {"starlette", "uvicorn", "jinja2"}:
+            _fail(f"{DASHBOARD_EXTRA_MISSING} (missing: {exc.name})")
+        raise
+
+
+@app.command()
+def dashboard(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="The address to listen on. Any address but a loopback one needs --token.",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="PGFLOW_DASHBOARD_TOKEN",
+            help="A secret every request must carry (a Bearer header, or open a page once "
+            "with ?token=TOKEN). Required to listen beyond 127.0.0.1.",
+            show_default=False,
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Serve a web UI of the flows and runs: DAGs, live runs, cancel and retry."""
+    module = _dashboard_module()
+    from ..errors import DashboardError
+
+    dsn = _dsn(db)
+    try:
+        module.check_bind(host, token)
+    except DashboardError as exc:
+        _fail(str(exc), 2)
+
+    def announce(url: str) -> None:
+        errors.print(
+            f"pgflow dashboard on {url} for {describe_dsn(dsn)} (Ctrl-C stops it)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        module.serve(dsn, host=host, port=port, token=token, announce=announce)
+    except DashboardError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def demo(
     runs: Annotated[
@@ -746,6 +807,16 @@ def demo(
     ] = False,
     db: DbOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each run.")] = 60.0,
+    with_dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="Then serve the dashboard on the demo's database (127.0.0.1) until Ctrl-C.",
+        ),
+    ] = False,
+    dashboard_port: Annotated[
+        int, typer.Option("--dashboard-port", help="The dashboard's port, with --dashboard.")
+    ] = 8765,
 ) -> None:
     """Run pgflow end to end: a worker, live runs of two flows, their outputs and timings.
 
@@ -755,7 +826,16 @@ def demo(
     """
     from .demo import DemoOptions, run_demo
 
-    options = DemoOptions(runs=runs, live=live, reset=reset, db=db, timeout=timeout)
+    if with_dashboard:
+        _dashboard_module()  # without the extra, say so before the demo starts
+    options = DemoOptions(
+        runs=runs,
+        live=live,
+        reset=reset,
+        db=db,
+        timeout=timeout,
+        dashboard_port=dashboard_port if with_dashboard else None,
+    )
     raise typer.Exit(run_demo(options, console=console, errors=errors))
 
 

@@ -39,6 +39,7 @@ from .._database import migrate
 from .._flow import Flow
 from .._worker import FlowWorker
 from ..errors import (
+    DashboardError,
     DatabaseSetupError,
     FlowShapeMismatch,
     PgflowError,
@@ -88,7 +89,9 @@ class DemoOptions:
     ``runs`` runs of each demo flow; ``live`` forces (True) or disables (False) the live
     table, ``None`` picks it when the console is a terminal; ``reset`` wipes the cached server
     first; ``db`` overrides ``DATABASE_URL``; ``directory`` overrides the cache folder;
-    ``timeout`` bounds the wait for each run.
+    ``timeout`` bounds the wait for each run; ``dashboard_port``, when set, serves the
+    dashboard on that port of 127.0.0.1 (0: any free port) once the runs are done, until
+    interrupted.
     """
 
     runs: int = 3
@@ -97,6 +100,7 @@ class DemoOptions:
     db: str | None = None
     directory: Path | None = None
     timeout: float = 60.0
+    dashboard_port: int | None = None
 
 
 class _Abort(Exception):
@@ -716,6 +720,30 @@ def _quiet_attempt_warnings() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def _serve_dashboard(dsn: str, port: int, errors: Console) -> None:
+    """Serve the dashboard on the demo's database until Ctrl-C, which then ends the demo."""
+    try:
+        from . import dashboard
+    except ImportError as exc:
+        raise _Abort(
+            "--dashboard needs the dashboard extra (Starlette, uvicorn, Jinja2), which is not "
+            f"installed: pip install 'pgflow-py[dashboard]' (missing: {exc.name})"
+        ) from None
+
+    def announce(url: str) -> None:
+        errors.print(
+            f"the demo's runs in the dashboard: {url}runs (Ctrl-C stops it, and the demo)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        dashboard.serve(dsn, port=port, announce=announce)
+    except DashboardError as exc:
+        raise _Abort(str(exc)) from None
+
+
 def run_demo(
     options: DemoOptions,
     *,
@@ -775,6 +803,8 @@ def run_demo(
                     return _exit_code(signum)
                 session.summary()
                 bad = [e for e in session.entries if e.outcome != "completed"]
+                if options.dashboard_port is not None:
+                    _serve_dashboard(dsn, options.dashboard_port, errors)
                 return 1 if bad else 0
             except _Abort as exc:
                 errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)

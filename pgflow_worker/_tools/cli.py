@@ -811,7 +811,8 @@ def demo(
         bool,
         typer.Option(
             "--dashboard",
-            help="Then serve the dashboard on the demo's database (127.0.0.1) until Ctrl-C.",
+            help="Serve the dashboard on the demo's database (127.0.0.1) from the first run "
+            "on, until Ctrl-C.",
         ),
     ] = False,
     dashboard_port: Annotated[

@@ -90,8 +90,8 @@ class DemoOptions:
     table, ``None`` picks it when the console is a terminal; ``reset`` wipes the cached server
     first; ``db`` overrides ``DATABASE_URL``; ``directory`` overrides the cache folder;
     ``timeout`` bounds the wait for each run; ``dashboard_port``, when set, serves the
-    dashboard on that port of 127.0.0.1 (0: any free port) once the runs are done, until
-    interrupted.
+    dashboard on that port of 127.0.0.1 (0: any free port) from before the first run starts
+    until interrupted, so the runs can be watched in it live.
     """
 
     runs: int = 3
@@ -720,8 +720,9 @@ def _quiet_attempt_warnings() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _serve_dashboard(dsn: str, port: int, errors: Console) -> None:
-    """Serve the dashboard on the demo's database until Ctrl-C, which then ends the demo."""
+@contextlib.contextmanager
+def _dashboard_alongside(dsn: str, port: int, errors: Console) -> Iterator[None]:
+    """Serve the dashboard on the demo's database while the block runs, runs included."""
     try:
         from . import dashboard
     except ImportError as exc:
@@ -729,19 +730,24 @@ def _serve_dashboard(dsn: str, port: int, errors: Console) -> None:
             "--dashboard needs the dashboard extra (Starlette, uvicorn, Jinja2), which is not "
             f"installed: pip install 'pgflow-py[dashboard]' (missing: {exc.name})"
         ) from None
-
-    def announce(url: str) -> None:
-        errors.print(
-            f"the demo's runs in the dashboard: {url}runs (Ctrl-C stops it, and the demo)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-
     try:
-        dashboard.serve(dsn, port=port, announce=announce)
+        with dashboard.serving_in_background(dsn, port=port) as url:
+            errors.print(
+                f"the demo's runs in the dashboard, live: {url}runs",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+            yield
     except DashboardError as exc:
         raise _Abort(str(exc)) from None
+
+
+def _until_interrupted(errors: Console) -> None:
+    """Keep the process (and the dashboard's thread) up until a signal ends it."""
+    errors.print("the runs are done; the dashboard stays up until Ctrl-C", highlight=False)
+    while True:
+        signal.pause()  # the handlers of _Signals raise _Interrupted
 
 
 def run_demo(
@@ -795,17 +801,22 @@ def run_demo(
                     f"workers for {GREET_USER} and {CRAWL_SITE} in this process; "
                     f"{options.runs} run(s) of each started through PgflowClient ({transport})"
                 )
-                try:
-                    signum = asyncio.run(_play_guarded(session, header, errors))
-                finally:
-                    signals.reinstall()
-                if signum is not None:
-                    return _exit_code(signum)
-                session.summary()
-                bad = [e for e in session.entries if e.outcome != "completed"]
-                if options.dashboard_port is not None:
-                    _serve_dashboard(dsn, options.dashboard_port, errors)
-                return 1 if bad else 0
+                with contextlib.ExitStack() as alongside:
+                    if options.dashboard_port is not None:
+                        alongside.enter_context(
+                            _dashboard_alongside(dsn, options.dashboard_port, errors)
+                        )
+                    try:
+                        signum = asyncio.run(_play_guarded(session, header, errors))
+                    finally:
+                        signals.reinstall()
+                    if signum is not None:
+                        return _exit_code(signum)
+                    session.summary()
+                    bad = [e for e in session.entries if e.outcome != "completed"]
+                    if options.dashboard_port is not None:
+                        _until_interrupted(errors)
+                    return 1 if bad else 0
             except _Abort as exc:
                 errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
                 return exc.code

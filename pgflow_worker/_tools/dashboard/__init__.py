@@ -7,6 +7,6 @@ uvicorn, :func:`create_app` gives the ASGI application for tests or another serv
 from __future__ import annotations
 
 from ._app import create_app
-from ._server import check_bind, serve, server
+from ._server import check_bind, serve, server, serving_in_background
 
-__all__ = ["check_bind", "create_app", "serve", "server"]
+__all__ = ["check_bind", "create_app", "serve", "server", "serving_in_background"]

@@ -144,5 +144,10 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         return
     if error is None:
         future.set_result(result)
+    elif isinstance(error, StopIteration):
+        # A future refuses StopIteration; a coroutine would turn it into a RuntimeError too.
+        wrapped = RuntimeError(f"the call raised {type(error).__name__}")
+        wrapped.__cause__ = error
+        future.set_exception(wrapped)
     else:
         future.set_exception(error)

@@ -89,11 +89,8 @@ class SqlCallStats:
     that the worker batches its polls and caches flow inputs as it should.
     """
 
-    #: Polls (idle ones included): each a ``pgmq.read``, followed by a ``pgmq.read_with_poll``
-    #: when it found nothing.
+    #: ``pgmq.read_with_poll`` calls (idle polls included).
     polls: int = 0
-    #: Polls that found the queue empty and went on to wait in ``pgmq.read_with_poll``.
-    waiting_polls: int = 0
     #: Free slots offered across those polls (the ``qty`` argument, summed).
     slots_offered: int = 0
     #: Messages the polls returned.
@@ -429,30 +426,17 @@ class PgflowSqlClient:
     async def read_messages(
         self, queue: str, visibility_timeout: int, qty: int, max_poll_seconds: int, poll_ms: int
     ) -> list[Message]:
-        """Phase one: reserve up to ``qty`` messages, polling server-side for a while.
-
-        A plain ``pgmq.read`` goes first: when messages are waiting, as they are while the
-        worker is busy, it costs the server a fraction of ``read_with_poll``'s first round.
-        Only an empty queue is polled server-side.
-        """
+        """Phase one: reserve up to ``qty`` messages, polling server-side for a while."""
         self.stats.polls += 1
         self.stats.slots_offered += qty
         async with self._pool.connection() as conn:
-            # As text, decoded one by one: a message that cannot be decoded fails alone.
             cur = await conn.execute(
+                # As text, decoded one by one: a message that cannot be decoded fails alone.
                 "select msg_id, read_ct, enqueued_at, vt, message::text, headers::text"
-                " from pgmq.read(%s, %s, %s)",
-                (queue, visibility_timeout, qty),
+                " from pgmq.read_with_poll(%s, %s, %s, %s, %s)",
+                (queue, visibility_timeout, qty, max_poll_seconds, poll_ms),
             )
             rows = await cur.fetchall()
-            if not rows:
-                self.stats.waiting_polls += 1
-                cur = await conn.execute(
-                    "select msg_id, read_ct, enqueued_at, vt, message::text, headers::text"
-                    " from pgmq.read_with_poll(%s, %s, %s, %s, %s)",
-                    (queue, visibility_timeout, qty, max_poll_seconds, poll_ms),
-                )
-                rows = await cur.fetchall()
         self.stats.messages_read += len(rows)
         return [_message(*row) for row in rows]
 

@@ -223,8 +223,8 @@ async def test_completions_and_failures_of_one_batch_go_in_one_statement(
 ) -> None:
     tasks = await claim_run(client, 4)
     batch = [
-        Report("complete", tasks[0], None),  # JSON null is an output, not a missing one
         Report("fail", tasks[1], "ValueError: bad element"),
+        Report("complete", tasks[0], None),  # JSON null is an output, not a missing one
         Report("complete", tasks[2], {"n": 2}),
         Report("fail", tasks[3], "TimeoutError: too slow"),
     ]

@@ -217,6 +217,30 @@ _COMPLETE = "select 1 from pgflow.complete_task(%s, %s, %s, %s)"
 _FAIL = "select 1 from pgflow.fail_task(%s, %s, %s, %s)"
 
 
+# Every result of a batch in one statement, in the batch's order: a call of a volatile function
+# sees what the calls before it did. Each row calls complete_task or fail_task, never both.
+_REPORT_MANY = (
+    "select case when r.failed"
+    " then (select count(*) from pgflow.fail_task(r.run_id, r.step_slug, r.task_index, r.error))"
+    " else (select count(*) from pgflow.complete_task(r.run_id, r.step_slug, r.task_index,"
+    " r.output)) end"
+    " from unnest(%s::bool[], %s::uuid[], %s::text[], %s::int[], %s::jsonb[], %s::text[])"
+    " as r (failed, run_id, step_slug, task_index, output, error)"
+)
+
+
+def _call_many(reports: Sequence[Report]) -> tuple[str, tuple[Any, ...]]:
+    failed = [report.kind == "fail" for report in reports]
+    return _REPORT_MANY, (
+        failed,
+        [report.task.run_id for report in reports],
+        [report.task.step_slug for report in reports],
+        [report.task.task_index for report in reports],
+        [None if f else Jsonb(report.value) for f, report in zip(failed, reports, strict=True)],
+        [report.value if f else None for f, report in zip(failed, reports, strict=True)],
+    )
+
+
 def _call(report: Report) -> tuple[str, tuple[Any, ...]]:
     task = report.task
     if report.kind == "complete":
@@ -537,9 +561,11 @@ class PgflowSqlClient:
         )
 
     async def report_batch(self, reports: Sequence[Report]) -> list[Exception | None]:
-        """Send several results in one transaction; what each one's call raised, or None.
+        """Send several results in one statement, so one transaction; what each one's call
+        raised, or None.
 
-        When the transaction fails (the database refused a result, or one could not be
+        One statement, rather than one per result, spares the server a parse, a plan and a
+        command per result. When it fails (the database refused a result, or one could not be
         encoded), each result is sent again alone, so the outcomes are those of separate calls.
         A broken connection raises for the whole batch.
         """
@@ -550,9 +576,7 @@ class PgflowSqlClient:
         async with self._pool.connection() as conn:
             self.stats.report_transactions += 1
             try:
-                async with conn.pipeline():  # no Sync in between: one implicit transaction
-                    for report in reports:
-                        await conn.execute(*_call(report))
+                await conn.execute(*_call_many(reports))
             except Exception:
                 if conn.closed:
                     raise

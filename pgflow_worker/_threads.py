@@ -5,19 +5,57 @@ cheaper still but wrong here: a handler that never returns cannot be stopped, so
 pool thread for good, starving later handlers, and block the process's exit. Here a hung
 handler keeps only its own thread, every other call still finds a thread, and all of them are
 daemons, so an abandoned one never keeps the process alive.
+
+Outcomes go back to the event loop through an inbox: a thread appends its outcome and wakes the
+loop only when no wake-up is pending already, so handlers finishing together cost the loop one
+wake-up, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-#: A call, and where its outcome goes.
-_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+#: A call, the inbox of the loop that waits for it, and where its outcome goes.
+_Job = tuple[Callable[[], Any], "_Inbox", "asyncio.Future[Any]"]
+
+
+class _Inbox:
+    """Outcomes on their way to one event loop, delivered together by one wake-up."""
+
+    __slots__ = ("_lock", "_outcomes", "_wake_pending", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._outcomes: deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+
+    def put(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        """Hand an outcome to the loop (from any thread); wakes it unless a wake-up is due."""
+        self._outcomes.append((future, result, error))
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the event loop is gone: the worker stopped
+            with self._lock:
+                self._wake_pending = False
+
+    def _deliver(self) -> None:
+        with self._lock:
+            # Cleared first: an outcome added from now on either is taken below or wakes the
+            # loop again.
+            self._wake_pending = False
+        outcomes = self._outcomes
+        while outcomes:
+            _settle(*outcomes.popleft())
 
 
 class HandlerThreads:
@@ -34,6 +72,7 @@ class HandlerThreads:
         self._idle = 0  # threads waiting for a job, less the jobs queued for them
         self._started = 0
         self._closed = False
+        self._inbox: _Inbox | None = None
 
     @property
     def started(self) -> int:
@@ -44,7 +83,10 @@ class HandlerThreads:
         """Run ``call`` on a thread; its result or exception arrives as a future of the running
         event loop. Cancelling the future (or timing out on it) abandons the call."""
         loop = asyncio.get_running_loop()
-        job: _Job = (call, loop, loop.create_future())
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _Inbox(loop)
+        job: _Job = (call, inbox, loop.create_future())
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -65,7 +107,7 @@ class HandlerThreads:
 
     def _serve(self, job: _Job | None) -> None:
         while job is not None:
-            call, loop, future = job
+            call, inbox, future = job
             job = None  # keep nothing of the call alive while this thread idles
             result: Any = None
             error: BaseException | None = None
@@ -80,9 +122,8 @@ class HandlerThreads:
                     # Idle before the caller hears of the outcome, so that its next call, made
                     # as soon as it does, finds this thread.
                     self._idle += 1
-            with contextlib.suppress(RuntimeError):  # the event loop is gone: the worker stopped
-                loop.call_soon_threadsafe(_settle, future, result, error)
-            del loop, future, result, error
+            inbox.put(future, result, error)
+            del inbox, future, result, error
             if closed:
                 return
             try:
@@ -103,5 +144,10 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         return
     if error is None:
         future.set_result(result)
+    elif isinstance(error, StopIteration):
+        # A future refuses StopIteration; a coroutine would turn it into a RuntimeError too.
+        wrapped = RuntimeError(f"the call raised {type(error).__name__}")
+        wrapped.__cause__ = error
+        future.set_exception(wrapped)
     else:
         future.set_exception(error)

@@ -590,7 +590,8 @@ class FlowWorker:
                 # The handler sees this task's context variables: its span is the current one.
                 context = contextvars.copy_context()
                 future = self._threads.run(functools.partial(context.run, step.handler, *args))
-                result = await asyncio.wait_for(future, timeout)
+                async with asyncio.timeout(timeout):  # cancels, so abandons, the call's future
+                    result = await future
         except TimeoutError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():

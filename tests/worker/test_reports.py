@@ -216,3 +216,45 @@ async def test_aclose_waits_for_the_batches_being_sent(client: GatedClient) -> N
     client.gate.set()
     await asyncio.wait_for(asyncio.gather(sent, closing), 10)
     assert (await task_rows(client, tasks[0].run_id))[0][0] == "completed"
+
+
+async def test_completions_and_failures_of_one_batch_go_in_one_statement(
+    client: GatedClient,
+) -> None:
+    tasks = await claim_run(client, 4)
+    batch = [
+        Report("fail", tasks[1], "ValueError: bad element"),
+        Report("complete", tasks[0], None),  # JSON null is an output, not a missing one
+        Report("complete", tasks[2], {"n": 2}),
+        Report("fail", tasks[3], "TimeoutError: too slow"),
+    ]
+    assert await client.report_batch(batch) == [None] * 4
+    assert client.stats.report_transactions == 1
+    assert (client.stats.completions, client.stats.failures) == (2, 2)
+    async with client.pool.connection() as conn:
+        cur = await conn.execute(
+            "select task_index, status, output, output is null, error_message"
+            " from pgflow.step_tasks where run_id = %s order by task_index",
+            (tasks[0].run_id,),
+        )
+        rows = await cur.fetchall()
+    assert rows == [
+        (0, "completed", None, False, None),
+        (1, "queued", None, True, "ValueError: bad element"),
+        (2, "completed", {"n": 2}, False, None),
+        (3, "queued", None, True, "TimeoutError: too slow"),
+    ]
+
+
+async def test_a_batch_of_failures_only(client: GatedClient) -> None:
+    tasks = await claim_run(client, 2)
+    batch = [Report("fail", task, f"boom {task.task_index}") for task in tasks]
+    assert await client.report_batch(batch) == [None, None]
+    assert client.stats.report_transactions == 1
+    async with client.pool.connection() as conn:
+        cur = await conn.execute(
+            "select task_index, status, error_message from pgflow.step_tasks"
+            " where run_id = %s order by task_index",
+            (tasks[0].run_id,),
+        )
+        assert await cur.fetchall() == [(0, "queued", "boom 0"), (1, "queued", "boom 1")]

@@ -120,3 +120,23 @@ async def test_no_call_is_lost_when_idle_threads_time_out_meanwhile() -> None:
         await asyncio.sleep(0.001 * (burst % 3))  # let some waits run out between bursts
     assert sorted(runs) == list(range(1000))
     threads.close()
+
+
+async def test_outcomes_finishing_together_all_arrive_a_stop_iteration_among_them() -> None:
+    """Outcomes ready at once reach the loop together; one that a future cannot hold as it is
+    (StopIteration) fails its own call as a RuntimeError and keeps none of the others back."""
+    threads = HandlerThreads("t")
+    barrier = threading.Barrier(6, timeout=WAIT)
+
+    def meet(i: int) -> int:
+        barrier.wait()
+        if i == 2:
+            raise StopIteration
+        return i
+
+    calls = [threads.run(lambda i=i: meet(i)) for i in range(6)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), WAIT)
+    assert [o for i, o in enumerate(outcomes) if i != 2] == [0, 1, 3, 4, 5]
+    assert isinstance(outcomes[2], RuntimeError)
+    assert isinstance(outcomes[2].__cause__, StopIteration)
+    threads.close()

@@ -378,7 +378,9 @@ class PgflowClient:
 
     async def _resync(self, run_id: str) -> None:
         run = self._runs.get(run_id)
-        if run is None or run.disposed:
+        if run is None or run.disposed or run._settled():
+            # A settled run has nothing left to learn: the call would only load the client,
+            # the server and every start_flow waiting behind them.
             return
         try:
             snapshot = await self._transport.get_run_with_states(run_id)

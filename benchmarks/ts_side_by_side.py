@@ -202,6 +202,7 @@ async def _measure_clients(
         "10",
     )
     with worker:
+        await client_latency.worker_ready(worker, dsn)
         async with client_latency.pgflow_client("supabase", dsn, standin) as client:
             ours_start = (await client_latency.start_latency(client, dsn, start_runs)).durations
         worker.check_alive()

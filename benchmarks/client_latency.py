@@ -299,6 +299,31 @@ def rank(kind: str, status: str) -> int:
     return RANKS[kind].get(status, -1)
 
 
+async def worker_ready(worker: WorkerProcess, dsn: str, timeout: float = 120.0) -> None:
+    """Wait until the worker process polls for tasks.
+
+    Its start (imports, connections) takes seconds of CPU: ``start_flow`` timed meanwhile
+    would compete with it for the cores, and its runs would wait for it.
+    """
+
+    deadline = time.monotonic() + timeout
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            # Not the row this benchmark registers for the steps it drives itself.
+            cur = await conn.execute(
+                "select count(*) from pgflow.workers where queue_name = %s"
+                " and stopped_at is null and worker_id <> %s",
+                (SLUG, BENCH_WORKER),
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0]:
+                return
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not register within {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+
 async def start_latency(client: PgflowClient, dsn: str, runs: int, slug: str = SLUG) -> StartResult:
     """Time ``start_flow`` while a worker runs the steps at once; then check every event
     recorded in ``realtime.messages`` for those runs reached the client."""
@@ -645,6 +670,7 @@ async def start_section(
     measured: dict[str, list[StartResult]] = {t: [] for t in args.transports}
     spec = "benchmarks.worker_throughput:chain"
     with WorkerProcess(spec, dsn, "--log-level", "WARNING", "--poll-interval-ms", "10") as worker:
+        await worker_ready(worker, dsn)
         for repeat in range(args.repeats):
             for transport in args.transports:
                 options = {"reconcile_after": ()} if transport == "supabase" else {}

@@ -17,7 +17,7 @@ from ._records import RunRecord, parse_run_record
 from ._run import FlowRun
 from ._status import FlowRunStatus
 from ._supabase import SupabaseTransport
-from ._telemetry import start_flow_span
+from ._telemetry import start_flow_span, tracer
 from ._transport import Transport, TransportHooks, check_json
 from .errors import (
     ClientClosed,
@@ -65,6 +65,7 @@ class PgflowClient:
         self._buffers: dict[str, list[FlowEvent]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._tracer = tracer()
         hooks = TransportHooks(deliver=self._deliver, resync=self._resync)
         self._transport: Transport
         if transport is not None:
@@ -133,7 +134,7 @@ class PgflowClient:
         run = FlowRun(rid, flow_slug, input=input, on_dispose=self._released)
         self._runs[rid] = run
         try:
-            with start_flow_span(flow_slug, rid) as trace:
+            with start_flow_span(self._tracer, flow_slug, rid) as trace:
                 await self._transport.subscribe(rid)
                 snapshot = await self._transport.start_flow_with_states(
                     flow_slug, input, rid, trace=trace
@@ -377,7 +378,9 @@ class PgflowClient:
 
     async def _resync(self, run_id: str) -> None:
         run = self._runs.get(run_id)
-        if run is None or run.disposed:
+        if run is None or run.disposed or run._settled():
+            # A settled run has nothing left to learn: the call would only load the client,
+            # the server and every start_flow waiting behind them.
             return
         try:
             snapshot = await self._transport.get_run_with_states(run_id)

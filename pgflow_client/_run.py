@@ -383,6 +383,17 @@ class FlowRun(Tracked[FlowRunStatus]):
             self._close_sinks()
             self._maybe_auto_dispose()
 
+    def _settled(self) -> bool:
+        """Whether no snapshot could add anything: the run and every step completed, with
+        every field a snapshot would fill already known. Failed runs never count: a snapshot
+        may still bring their cancellation or other steps' states."""
+        return (
+            self._status is FlowRunStatus.COMPLETED
+            and None not in (self._input, self._started_at, self._completed_at, self._output)
+            and bool(self._steps)
+            and all(step._settled() for step in self._steps.values())
+        )
+
     def _check_snapshot(self, run: RunRow, steps: list[StepStateRow]) -> None:
         if run.run_id != self._run_id or run.flow_slug != self._flow_slug:
             raise InvalidRunData(

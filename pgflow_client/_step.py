@@ -225,6 +225,14 @@ class FlowStep(Tracked[FlowStepStatus]):
                 self._error_message = UNKNOWN_ERROR
         self._notify()
 
+    def _settled(self) -> bool:
+        """Completed, with every field a snapshot row would fill already known."""
+        return self._status is FlowStepStatus.COMPLETED and None not in (
+            self._started_at,
+            self._completed_at,
+            self._output,
+        )
+
     def _detach(self) -> None:
         """Drop callbacks and end pending waits: the run was disposed. State stays readable."""
         self._disposed = True

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +93,17 @@ class SupabaseTransport:
         self._closed = False
         #: Whether start_flow_with_states_traced can be called: None until first tried.
         self._traced_start: bool | None = None
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Pay supabase-py's one-time costs here rather than inside the first ``start_flow``.
+
+        Its PostgREST client is built on first use (an httpx client with an SSL context: tens
+        of milliseconds of CPU), and the realtime and postgrest modules are imported lazily.
+        """
+        for module in ("postgrest.exceptions", "realtime"):
+            importlib.import_module(module)
+        _ = self._supabase.postgrest
 
     # -- subscriptions ------------------------------------------------------------------------
 

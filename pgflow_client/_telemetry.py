@@ -11,27 +11,34 @@ import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["start_flow_span"]
+__all__ = ["start_flow_span", "tracer"]
 
 
-def _tracer() -> Any:
+def tracer() -> Any:
+    """The client's tracer, or None without ``opentelemetry-api``.
+
+    A client asks once, when it is made: importing OpenTelemetry takes milliseconds, too many
+    for the first ``start_flow``. Until the application sets its tracer provider this is
+    OpenTelemetry's proxy, which then follows that provider.
+    """
     if importlib.util.find_spec("opentelemetry") is None:
         return None
     from opentelemetry import trace
 
+    # What the first span needs, imported now rather than inside it.
+    importlib.import_module("opentelemetry.trace.propagation.tracecontext")
     return trace.get_tracer("pgflow_client")
 
 
 @contextlib.contextmanager
-def start_flow_span(flow_slug: str, run_id: str) -> Iterator[dict[str, str]]:
-    """The ``pgflow.start_flow`` span (a child of the caller's current span), recording the
-    error when starting fails.
+def start_flow_span(tracer: Any, flow_slug: str, run_id: str) -> Iterator[dict[str, str]]:
+    """The ``pgflow.start_flow`` span of ``tracer`` (from :func:`tracer`; a child of the
+    caller's current span), recording the error when starting fails.
 
     Yields the span's W3C trace context as headers (``traceparent`` and maybe
     ``tracestate``): empty without OpenTelemetry or outside any trace. With the API but no
     SDK the span is the caller's own, so a run still joins the caller's trace.
     """
-    tracer = _tracer()
     if tracer is None:
         yield {}
         return

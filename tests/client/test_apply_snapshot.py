@@ -318,3 +318,40 @@ def test_replay_needs_the_timestamps_of_each_status() -> None:
     with pytest.raises(InvalidRunData, match="completed_at is null"):
         run._apply_snapshot(run_row(), rows, emit=True)
     assert run.steps == {}
+
+
+# -- settled runs (nothing a snapshot could add) ------------------------------------------
+
+
+def test_a_completed_run_with_every_field_known_is_settled() -> None:
+    run = fresh()
+    run_data, steps = finished_rows()
+    run._apply_snapshot(run_data, steps, emit=False)
+    assert run._settled()
+
+
+def test_a_run_that_missed_a_step_start_is_not_settled() -> None:
+    run = fresh()
+    run._apply_snapshot(run_row(), [step_row("a", "created")], emit=False)
+    run._apply_event(step_completed("a", output=1, completed_at=at(2)))
+    run._apply_event(run_completed(output={"a": 1}, completed_at=at(3)))
+    assert run.status is FlowRunStatus.COMPLETED
+    assert run.step("a").started_at is None  # only a snapshot can bring it now
+    assert not run._settled()
+
+
+def test_started_failed_or_stepless_runs_are_not_settled() -> None:
+    started = fresh()
+    started._apply_snapshot(run_row(), [step_row("a", "started", started_at=stamp(1))], emit=False)
+    assert not started._settled()
+    failed = fresh()
+    rows = [step_row("a", "completed", output=1, started_at=stamp(1), completed_at=stamp(2))]
+    failed._apply_snapshot(run_row(status="failed", failed_at=stamp(4)), rows, emit=False)
+    assert not failed._settled()
+    stepless = fresh()
+    stepless._apply_snapshot(
+        run_row(status="completed", output={}, remaining_steps=0, completed_at=stamp(9)),
+        [],
+        emit=False,
+    )
+    assert not stepless._settled()

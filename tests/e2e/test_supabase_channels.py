@@ -171,6 +171,49 @@ async def test_without_reconcile_a_transition_withheld_after_the_join_is_lost(
     assert sleep.delays == []
 
 
+class CountingTransport(SupabaseTransport):
+    """Records every snapshot the transport fetches."""
+
+    fetched: list[str]
+
+    async def get_run_with_states(self, run_id: str) -> dict[str, Any] | None:
+        self.fetched.append(run_id)
+        return await super().get_run_with_states(run_id)
+
+
+async def test_reconcile_after_makes_no_call_for_a_run_that_arrived_whole(
+    db_url: str, standin: SupabaseStandIn, supabase: AsyncClient
+) -> None:
+    """A run completed with every transition delivered live is settled: its reconciliation
+    has nothing to learn and fetches nothing. One whose transitions were withheld is fetched."""
+    flow = mapping()
+    await define(db_url, flow)
+    sleep = GatedSleep(real=False)
+    made: list[CountingTransport] = []
+
+    def make(hooks: TransportHooks) -> CountingTransport:
+        transport = CountingTransport(supabase, hooks, reconcile_after=(0.05,), sleep=sleep)
+        transport.fetched = []
+        made.append(transport)
+        return transport
+
+    async with PgflowClient(transport=make) as client, FlowWorker(flow, db_url, **FAST):
+        (transport,) = made
+        whole = await client.start_flow("e2e_map", [1, 2])
+        recorder(whole)
+        await whole.wait_for_status("completed", timeout=WAIT)
+        standin.withhold_after_join(FRESH_FOR_MS)
+        partial = await client.start_flow("e2e_map", [3])
+        recorder(partial)
+        await wait_for_broadcast(standin, partial.run_id, "run:completed")
+        timers = [t for run in (whole, partial) for t in transport._subs[run.run_id].timers]
+        await sleep.wait_for_calls(2)
+        sleep.release()
+        await asyncio.wait_for(asyncio.gather(*timers), WAIT)
+        assert transport.fetched == [partial.run_id]
+        assert partial.status is FlowRunStatus.COMPLETED
+
+
 async def test_get_run_reconciles_like_start_flow(
     db_url: str, standin: SupabaseStandIn, supabase: AsyncClient
 ) -> None:

@@ -35,9 +35,12 @@ MEASURES = [
     "SQL driver loop: 1 run, root map of 120",
     "worker vs SQL-only loop: 20 runs of a 3-step chain",
     "worker vs SQL-only loop: 1 run, root map of 120",
+    "worker, sync handlers, vs SQL-only loop: 1 run, root map of 120",
     "worker vs PgflowSqlClient loop (Node): 20 runs of a 3-step chain",
     "client: start_flow to a confirmed run, p50",
+    "client: start_flow to a confirmed run, p99",
     "client: event latency (commit to callback), p50",
+    "client: event latency (commit to callback), p99",
 ]
 
 
@@ -61,6 +64,7 @@ def test_the_suite_measures_every_part() -> None:
         assert ratio.endswith("x"), matching[0]
         assert float(ratio.removesuffix("x")) > 0, matching[0]
     assert "left out" not in done.stdout.lower(), done.stdout
+    assert re.search(r"^Load average \(1 min, \d+ cores\): [\d.]+ at the start", done.stdout, re.M)
     missed = re.findall(r"(\d+) missed", done.stderr)
     assert missed, done.stderr
     assert set(missed) == {"0"}, done.stderr

@@ -2,8 +2,12 @@
 
 ``sql/compat/realtime.sql`` raises a NOTIFY on ``realtime_broadcast`` for each inserted row,
 carrying only ``{"id", "topic"}``; NOTIFY is delivered at commit, in commit order. One connection
-listens, another reads each row by id, and notifications are handled one at a time so every
-topic sees its events in the order they were committed.
+listens, another reads the rows by id, and messages are delivered one at a time in the order
+of their notifications, so every topic sees its events in the order they were committed.
+
+Notifications that arrived together (the events of one commit, or of commits made while the
+last ones were being read) are read in one query: one round trip for the batch, not one per
+message, as Realtime itself reads the messages table in batches rather than row by row.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +28,10 @@ logger = logging.getLogger(__name__)
 CHANNEL = "realtime_broadcast"
 _START_SECONDS = 10.0
 
-_READ_MESSAGE = """
-select topic, event, payload::text, private
+_READ_MESSAGES = """
+select id::text, topic, event, payload::text, private
 from realtime.messages
-where id = %s and extension = 'broadcast'
+where id = any(%s::uuid[]) and extension = 'broadcast'
 """
 
 
@@ -91,31 +96,69 @@ class BroadcastListener:
         ):
             await listen.execute(f"LISTEN {CHANNEL}")
             self._ready.set()
-            async for notify in listen.notifies():
-                message = await self._read(reader, notify.payload)
-                if message is None:
-                    continue
-                try:
-                    await self._deliver(message)
-                except Exception:
-                    logger.exception("realtime: delivering message %s failed", message.id)
+            pending: list[str] = []
+            arrived = asyncio.Event()
+            receiver = asyncio.create_task(self._receive(listen, pending, arrived))
+            try:
+                while True:
+                    await arrived.wait()
+                    arrived.clear()
+                    batch = pending[:]
+                    pending.clear()
+                    for message in await self._read(reader, batch):
+                        try:
+                            await self._deliver(message)
+                        except Exception:
+                            logger.exception("realtime: delivering message %s failed", message.id)
+                    if receiver.done() and not pending:
+                        receiver.result()  # the listening connection failed: raise it here
+                        raise psycopg.OperationalError("the LISTEN connection stopped")
+            finally:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await receiver
 
     @staticmethod
-    async def _read(reader: psycopg.AsyncConnection[Any], payload: str) -> Message | None:
+    async def _receive(
+        listen: psycopg.AsyncConnection[Any], pending: list[str], arrived: asyncio.Event
+    ) -> None:
+        """Queue each notification's payload; wake the reader (also when listening fails)."""
         try:
-            message_id = str(json.loads(payload)["id"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("realtime: ignoring a notification that names no message: %r", payload)
-            return None
-        cur = await reader.execute(_READ_MESSAGE, (message_id,))
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        topic, event, payload_json, private = row
-        return Message(
-            id=message_id,
-            topic=topic,
-            event=event or "",
-            payload_json=payload_json if payload_json is not None else "null",
-            private=bool(private),
-        )
+            async for notify in listen.notifies():
+                pending.append(notify.payload)
+                arrived.set()
+        finally:
+            arrived.set()
+
+    @staticmethod
+    async def _read(reader: psycopg.AsyncConnection[Any], payloads: list[str]) -> list[Message]:
+        """The messages the notifications name, in the notifications' order; rows gone (or
+        never broadcasts) are skipped."""
+        ids: list[str] = []
+        for payload in payloads:
+            try:
+                ids.append(str(uuid.UUID(json.loads(payload)["id"])))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                logger.warning(
+                    "realtime: ignoring a notification that names no message: %r", payload
+                )
+        if not ids:
+            return []
+        cur = await reader.execute(_READ_MESSAGES, (ids,))
+        rows = {row[0]: row for row in await cur.fetchall()}
+        messages = []
+        for message_id in ids:
+            row = rows.get(message_id)
+            if row is None:
+                continue
+            _, topic, event, payload_json, private = row
+            messages.append(
+                Message(
+                    id=message_id,
+                    topic=topic,
+                    event=event or "",
+                    payload_json=payload_json if payload_json is not None else "null",
+                    private=bool(private),
+                )
+            )
+        return messages

@@ -223,6 +223,39 @@ asyncio.run(main())
     assert out.stdout.strip() == "ok"
 
 
+async def test_a_client_made_before_the_tracer_provider_uses_it(db_url: str) -> None:
+    """The client resolves its tracer once, when it is made; a provider the application sets
+    afterwards still receives its spans (OpenTelemetry's proxy tracer follows it)."""
+    code = f"""
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pgflow_client import PgflowClient, FlowNotFound
+
+async def main():
+    client = await PgflowClient.connect({db_url!r})
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    async with client:
+        try:
+            await client.start_flow("no_such_flow", {{}})
+        except FlowNotFound:
+            pass
+    print(sorted(s.name for s in exporter.get_finished_spans()))
+
+asyncio.run(main())
+"""
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['pgflow.start_flow no_such_flow']"
+
+
 async def test_a_timed_out_attempt_is_marked(db_url: str) -> None:
     flow = Flow("otel_timeout", max_attempts=1, timeout=3)
 

@@ -21,7 +21,9 @@ declare
   v_msg_id bigint;
   v_task pgflow.step_tasks;
   v_tasks pgflow.step_tasks[] := '{}';
-  v_step pgflow.steps;
+  v_step_of text;
+  v_step_type text;
+  v_deps_count integer;
   v_timeout integer;
   v_source_of text;
   v_source jsonb;
@@ -113,27 +115,33 @@ begin
     returning * into v_task;
     continue when not found;
 
+    -- The step's definition, loaded once per step of this batch (the flow is the same for all).
+    if v_step_of is distinct from v_task.step_slug then
+      v_step_of := v_task.step_slug;
+      select s.step_type, s.deps_count, coalesce(s.opt_timeout, f.opt_timeout)
+        into v_step_type, v_deps_count, v_timeout
+        from pgflow.steps as s
+        join pgflow.flows as f on f.flow_slug = s.flow_slug
+       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+    end if;
+
     -- What the step's tasks read, loaded once per run and step of this batch.
     if v_source_of is distinct from v_task.run_id::text || '/' || v_task.step_slug then
       v_source_of := v_task.run_id::text || '/' || v_task.step_slug;
       v_flow_input := null;
-      select * into v_step
-        from pgflow.steps as s
-       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
-      select coalesce(v_step.opt_timeout, f.opt_timeout) into v_timeout
-        from pgflow.flows as f where f.flow_slug = v_task.flow_slug;
-      if v_step.step_type = 'single' then
+      if v_step_type = 'single' and v_deps_count = 0 then
+        -- A root step reads the run's input beside an empty object of dependencies.
+        v_source := '{}'::jsonb;
+        select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
+      elsif v_step_type = 'single' then
         select coalesce(jsonb_object_agg(d.dep_slug, ps.output), '{}'::jsonb) into v_source
           from pgflow.deps as d
           join pgflow.step_states as ps on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
          where d.flow_slug = v_task.flow_slug
            and d.step_slug = v_task.step_slug
            and ps.status = 'completed';
-        if v_step.deps_count = 0 then
-          select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
-        end if;
       else
-        if v_step.deps_count = 0 then
+        if v_deps_count = 0 then
           select r.input into v_source from pgflow.runs as r where r.run_id = v_task.run_id;
         else
           select ps.output into v_source
@@ -154,7 +162,7 @@ begin
       v_task.flow_slug,
       v_task.run_id,
       v_task.step_slug,
-      case when v_step.step_type = 'map' then v_source -> v_task.task_index else v_source end,
+      case when v_step_type = 'map' then v_source -> v_task.task_index else v_source end,
       v_task.message_id,
       v_task.task_index,
       v_flow_input)::pgflow.step_task_record;

@@ -1,6 +1,13 @@
 -- pgflow-py SQL core, migration 0007: faster_core.
 --
--- Started from the schema files below by
+-- The same functions, signatures, queue messages and events, in fewer statements: complete_task
+-- counts a task down and completes its step in one update, and starts the dependents only when
+-- one became ready; start_ready_steps starts every ready step with one update; start_flow skips
+-- the condition and empty-step passes for flows that have neither; start_tasks claims a batch
+-- with one update. Step tasks check their queue name without a function call, and step states
+-- and runs are updated in place (HOT).
+--
+-- The tables by hand, the functions started from their schema files by
 --   python -m pgflow_worker._database.derive next faster_core ...
 -- A function added here gets EXECUTE for PUBLIC unless this migration revokes it, as
 -- sql/schema/0900_privileges.sql does for the schema; the drift test compares the two.

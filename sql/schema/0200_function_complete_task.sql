@@ -203,19 +203,16 @@ begin
     perform pgmq.archive(v_task.queue_name, v_task.message_id);
   end if;
 
-  -- One update counts the task down and, with the step's last task, completes the step with
-  -- its output (a map's outputs in task order).
+  -- One update counts the task down and, with the step's last task, completes the step: a
+  -- single step with this output, a map with its tasks' outputs in task order, gathered below
+  -- (kept out of this update, which would otherwise be planned afresh on every call).
   update pgflow.step_states as ss
      set remaining_tasks = ss.remaining_tasks - 1,
          status = case when ss.remaining_tasks = 1 then 'completed' else ss.status end,
          completed_at = case when ss.remaining_tasks = 1 then now() else ss.completed_at end,
          output = case
-           when ss.remaining_tasks > 1 then ss.output
-           when v_step_type = 'map' then (
-             select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
-               from pgflow.step_tasks as t
-              where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
-           else complete_task.output
+           when ss.remaining_tasks = 1 and v_step_type = 'single' then complete_task.output
+           else ss.output
          end
    where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
   returning ss.remaining_tasks, ss.initial_tasks, ss.output, ss.completed_at
@@ -224,6 +221,16 @@ begin
   if v_remaining_tasks > 0 then
     return next v_task;
     return;
+  end if;
+
+  if v_step_type = 'map' then
+    update pgflow.step_states as ss
+       set output = (
+         select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
+           from pgflow.step_tasks as t
+          where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
+    returning ss.output into v_output;
   end if;
 
   perform realtime.send(

@@ -8,6 +8,8 @@ as $fn$
 declare
   v_flow_slug text;
   v_step record;
+  v_send_at boolean :=
+    to_regprocedure('pgmq.send(text, jsonb, jsonb, timestamp with time zone)') is not null;
 begin
   select r.flow_slug into v_flow_slug
     from pgflow.runs as r
@@ -48,8 +50,25 @@ begin
       'pgflow:run:' || start_ready_steps.run_id,
       false);
 
-    if v_step.initial_tasks = 1 then
-      -- A single task: pgmq's plain send, a shorter path than a batch of one.
+    if v_step.initial_tasks = 1 and v_send_at then
+      -- A single task: pgmq's plain send, a shorter path than a batch of one, through the
+      -- form with headers and a time where pgmq has it (1.5 on): the one with a delay in
+      -- seconds wraps it in an SQL function, parsed and planned again on every call.
+      insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
+                                     queue_name)
+      select v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0, sent.msg_id,
+             v_step.queue_name
+        from pgmq.send(
+               v_step.queue_name,
+               jsonb_build_object(
+                 'flow_slug', v_flow_slug,
+                 'run_id', start_ready_steps.run_id,
+                 'step_slug', v_step.step_slug,
+                 'task_index', 0),
+               null::jsonb,
+               clock_timestamp() + make_interval(secs => coalesce(v_step.opt_start_delay, 0)))
+             as sent (msg_id);
+    elsif v_step.initial_tasks = 1 then
       insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
                                      queue_name)
       select v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0, sent.msg_id,

@@ -5,7 +5,7 @@
 -- one became ready; start_ready_steps starts every ready step with one update; start_flow skips
 -- the condition and empty-step passes for flows that have neither; start_tasks claims a batch
 -- with one update. Step tasks check their queue name without a function call, and step states
--- and runs are updated in place (HOT).
+-- are updated in place (HOT).
 --
 -- The tables by hand, the functions started from their schema files by
 --   python -m pgflow_worker._database.derive next faster_core ...
@@ -16,21 +16,18 @@
 
 -- A task's queue name is checked by the expression of pgflow.is_valid_queue_name written out:
 -- the function, whose search_path is pinned, cannot be inlined and was parsed and planned again
--- for every task row written. Same rule, so the rows already there are valid; validated apart,
--- without blocking writes.
-alter table pgflow.step_tasks drop constraint queue_name_is_valid;
-alter table pgflow.step_tasks add constraint queue_name_is_valid check (
-  queue_name <> '' and length(queue_name) <= 47 and queue_name = lower(queue_name)) not valid;
-alter table pgflow.step_tasks validate constraint queue_name_is_valid;
+-- for every task row written. The same rule, so the rows already there pass it.
+alter table pgflow.step_tasks
+  drop constraint queue_name_is_valid,
+  add constraint queue_name_is_valid check (
+    queue_name <> '' and length(queue_name) <= 47 and queue_name = lower(queue_name));
 
 -- Step states: no index on the columns their updates change, and room in each page, so the
 -- updates of a run's steps stay on their page (HOT) and add no index entries. The dropped index
 -- on (run_id, status, remaining_deps) only narrowed a run's few steps, which the primary key
--- (run_id first) finds as well. Runs: room for counting their steps down the same way. The
--- fill factor applies to pages written from now on.
+-- (run_id first) finds as well. The fill factor applies to pages written from now on.
 drop index pgflow.idx_step_states_ready;
 alter table pgflow.step_states set (fillfactor = 75);
-alter table pgflow.runs set (fillfactor = 75);
 
 -- ---- schema/0200_function_complete_task.sql ----
 

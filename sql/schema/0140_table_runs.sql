@@ -21,10 +21,7 @@ create table pgflow.runs (
   constraint cancelled_only_when_failed check (
     cancelled_at is null or (status = 'failed' and failed_at is not null)),
   constraint cancel_reason_only_when_cancelled check (cancel_reason is null or cancelled_at is not null)
-)
--- Room in each page for the new versions of a run counting its steps down (remaining_steps is
--- in no index), so they stay on the page (HOT) and add no entries to the run's seven indexes.
-with (fillfactor = 75);
+);
 
 create index idx_runs_flow_slug on pgflow.runs (flow_slug);
 create index idx_runs_status on pgflow.runs (status);

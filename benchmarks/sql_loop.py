@@ -280,6 +280,22 @@ def format_table(rows: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def paired_line(all_runs: dict[tuple[str, str], list[Result]], other: str) -> str:
+    """Ours against ``other`` repeat by repeat: each pair ran back to back, so a busy moment
+    hits both alike, and the median of the pairs' ratios is steadier than the ratio of the
+    medians when other work shares the machine."""
+    parts = []
+    for scenario in ("chain", "map", "big map"):
+        ours, theirs = all_runs.get((scenario, "ours")), all_runs.get((scenario, other))
+        if not ours or not theirs:
+            continue
+        ratios = sorted(o.rate / t.rate for o, t in zip(ours, theirs, strict=True) if t.rate)
+        if ratios:
+            each = " ".join(f"{r:.2f}" for r in ratios)
+            parts.append(f"{scenario} {ratios[len(ratios) // 2]:.2f} ({each})")
+    return f"ours / {other}, median of the repeats' ratios: " + "; ".join(parts)
+
+
 def scaling_line(rows: list[Result], args: argparse.Namespace) -> str:
     by_key = {(r.scenario, r.core): r for r in rows}
     parts = []
@@ -455,9 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_runs.update({(scenario, core): attempts[core] for core in cores})
         print()
         print(format_table(results, args))
+        print()
+        print(paired_line(all_runs, "official"))
         if args.ours_at:
             print()
             print(before_table(all_runs, f"ours@{args.ours_at}"))
+            print()
+            print(paired_line(all_runs, f"ours@{args.ours_at}"))
         print()
         print(scaling_line(results, args))
         print()

@@ -11,6 +11,8 @@ SQL core itself: ``start_flow`` for every run, then ``pgmq.read`` → ``pgflow.s
 
 Both databases live on one PostgreSQL server (``DATABASE_URL``, or a throwaway local server
 with durability switched off), each scenario in a fresh copy of its core's template database.
+``--ours-at VERSION`` adds a third core in the same run: pgflow-py's SQL as of that migration,
+to measure a change of the SQL against what came before it.
 The official SQL is fetched with npm into a scratch folder, never into the repository.
 
 Run: ``uv run python -m benchmarks.sql_loop`` (``--help`` for sizes and repeats).
@@ -31,6 +33,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgflow_worker._database import migrate
 from tests._stack import Stack, TemplateUnavailable
 
 WORKER_ID = uuid.UUID("00000000-0000-0000-0000-00000000b0b0")
@@ -149,6 +152,34 @@ def define(conn: psycopg.Connection[Any], scenario: str) -> str:
     return "fanout"
 
 
+class Templates:
+    """The template database of each core: the stack's, and ``ours@VERSION`` built here."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.extra: dict[str, str] = {}
+
+    def add_ours_at(self, version: str) -> str:
+        """Build a template of pgflow-py's SQL up to migration ``version``; its core's name."""
+        core = f"ours@{version}"
+        name = self.stack.empty("pgflow_tpl_ours_at")
+        migrate(self.stack.url(name), target=version)
+        self.extra[core] = name
+        return core
+
+    def clone(self, core: str) -> str:
+        if core not in self.extra:
+            return self.stack.clone(core)
+        name = f"pgflow_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.stack.admin_url, autocommit=True) as conn:
+            conn.execute(f'create database "{name}" template "{self.extra[core]}"'.encode())
+        return name
+
+    def close(self) -> None:
+        for name in self.extra.values():
+            self.stack.drop(name)
+
+
 def run_scenario(
     stack: Stack,
     core: str,
@@ -159,9 +190,13 @@ def run_scenario(
     batch: int,
     budget: float | None,
     profile: bool,
+    templates: Templates | None = None,
 ) -> Result:
-    """Run one scenario in a fresh database of ``core``; stop early past ``budget`` seconds."""
-    name = stack.clone(core)
+    """Run one scenario in a fresh database of ``core``; stop early past ``budget`` seconds.
+
+    ``templates`` names the template of a core the stack does not build (``ours@VERSION``).
+    """
+    name = (templates or Templates(stack)).clone(core)
     try:
         with psycopg.connect(stack.url(name), autocommit=True) as conn:
             flow = define(conn, "chain" if scenario == "chain" else "map")
@@ -245,6 +280,22 @@ def format_table(rows: list[Result], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def paired_line(all_runs: dict[tuple[str, str], list[Result]], other: str) -> str:
+    """Ours against ``other`` repeat by repeat: each pair ran back to back, so a busy moment
+    hits both alike, and the median of the pairs' ratios is steadier than the ratio of the
+    medians when other work shares the machine."""
+    parts = []
+    for scenario in ("chain", "map", "big map"):
+        ours, theirs = all_runs.get((scenario, "ours")), all_runs.get((scenario, other))
+        if not ours or not theirs:
+            continue
+        ratios = sorted(o.rate / t.rate for o, t in zip(ours, theirs, strict=True) if t.rate)
+        if ratios:
+            each = " ".join(f"{r:.2f}" for r in ratios)
+            parts.append(f"{scenario} {ratios[len(ratios) // 2]:.2f} ({each})")
+    return f"ours / {other}, median of the repeats' ratios: " + "; ".join(parts)
+
+
 def scaling_line(rows: list[Result], args: argparse.Namespace) -> str:
     by_key = {(r.scenario, r.core): r for r in rows}
     parts = []
@@ -291,6 +342,38 @@ def cpu_table(all_runs: dict[tuple[str, str], list[Result]], args: argparse.Name
     return "\n".join(lines)
 
 
+def before_table(all_runs: dict[tuple[str, str], list[Result]], before: str) -> str:
+    """Ours against ours at an earlier migration: median rate and server CPU per task."""
+
+    def rate(key: tuple[str, str]) -> float:
+        return median(all_runs[key]).rate
+
+    def cpu(key: tuple[str, str]) -> float | None:
+        values = sorted(v for r in all_runs[key] if (v := r.cpu_ms_per_task) is not None)
+        return values[len(values) // 2] if values else None
+
+    lines = [
+        f"| scenario | {before} tasks/s | ours tasks/s | ours / {before} "
+        f"| {before} CPU ms/task | ours CPU ms/task |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in ("chain", "map", "big map"):
+        old, new = (scenario, before), (scenario, "ours")
+        if old not in all_runs or new not in all_runs:
+            continue
+        old_cpu, new_cpu = cpu(old), cpu(new)
+        cells = [
+            scenario,
+            f"{rate(old):,.0f}",
+            f"{rate(new):,.0f}",
+            f"{rate(new) / rate(old):.2f}" if rate(old) else "—",
+            "—" if old_cpu is None else f"{old_cpu:.3f}",
+            "—" if new_cpu is None else f"{new_cpu:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def calls_table(rows: list[Result]) -> str:
     lines = [
         "| scenario | core | start_flow | read | start_tasks | complete_task | total s |",
@@ -329,15 +412,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="print per-function time (pg_stat_user_functions)"
     )
+    parser.add_argument(
+        "--ours-at",
+        metavar="VERSION",
+        help="also measure pgflow-py's SQL as of this migration (e.g. 0006), in the same run",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stack = Stack()
+    templates = Templates(stack)
     cores = ["ours"] if args.ours_only else list(CORES)
     try:
-        for core in list(cores):
+        if args.ours_at:
+            cores.append(templates.add_ours_at(args.ours_at))
+        for core in [c for c in cores if c in CORES]:
             try:
                 stack.template(core)
             except TemplateUnavailable as exc:
@@ -367,10 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         batch=args.batch,
                         budget=budget,
                         profile=args.profile,
+                        templates=templates,
                     )
                     attempts[core].append(result)
                     print(
-                        f"  {scenario:<8} {core:<9} {result.tasks:>6} tasks in"
+                        f"  {scenario:<8} {core:<10} {result.tasks:>6} tasks in"
                         f" {result.seconds:6.2f} s = {result.rate:8,.0f} tasks/s"
                         + ("  (stopped at the budget)" if result.partial else ""),
                         file=sys.stderr,
@@ -379,6 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_runs.update({(scenario, core): attempts[core] for core in cores})
         print()
         print(format_table(results, args))
+        print()
+        print(paired_line(all_runs, "official"))
+        if args.ours_at:
+            print()
+            print(before_table(all_runs, f"ours@{args.ours_at}"))
+            print()
+            print(paired_line(all_runs, f"ours@{args.ours_at}"))
         print()
         print(scaling_line(results, args))
         print()
@@ -393,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n(benchmark time {elapsed:.0f} s; median of {args.repeats} repeats per figure)")
         return 0
     finally:
+        templates.close()
         stack.close()
 
 

@@ -38,8 +38,10 @@ create table pgflow.step_states (
     or (status <> 'skipped' and skip_reason is null)),
   constraint skipped_at_matches_status check ((status = 'skipped') = (skipped_at is not null)),
   constraint skipped_at_is_after_created_at check (skipped_at is null or skipped_at >= created_at)
-);
+)
+-- Room in each page for the new versions of a run's step states: no index covers the columns
+-- their updates change (status, counts, output, times), so each stays on its page (HOT) and
+-- adds no index entries. A run's steps are found through the primary key (run_id first).
+with (fillfactor = 75);
 
-create index idx_step_states_ready on pgflow.step_states (run_id, status, remaining_deps)
-  where status = 'created';
 create index idx_step_states_flow_slug on pgflow.step_states (flow_slug);

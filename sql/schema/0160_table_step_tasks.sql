@@ -39,7 +39,10 @@ create table pgflow.step_tasks (
     completed_at is null or started_at is null or completed_at >= started_at),
   constraint failed_at_is_after_started_at check (
     failed_at is null or started_at is null or failed_at >= started_at),
-  constraint queue_name_is_valid check (pgflow.is_valid_queue_name(queue_name))
+  -- pgflow.is_valid_queue_name written out: a function with a pinned search_path cannot be
+  -- inlined, and would be parsed and planned again for every row written.
+  constraint queue_name_is_valid check (
+    queue_name <> '' and length(queue_name) <= 47 and queue_name = lower(queue_name))
 );
 
 create unique index idx_step_tasks_queue_message on pgflow.step_tasks (queue_name, message_id)

@@ -12,82 +12,109 @@ language plpgsql
 set search_path to pg_catalog, pg_temp
 as $fn$
 declare
-  v_run pgflow.runs;
-  v_state pgflow.step_states;
+  v_run_status text;
+  v_flow_slug text;
+  v_state_status text;
+  v_step_type text;
+  v_feeds_map boolean;
+  v_conditional boolean;
   v_task pgflow.step_tasks;
-  v_step pgflow.steps;
   v_map_child text;
   v_got text;
   v_step_error text;
+  v_remaining_tasks integer;
+  v_initial_tasks integer;
+  v_output jsonb;
+  v_completed_at timestamptz;
   v_child_tasks integer;
+  v_ready integer;
+  v_taskless integer;
+  v_remaining_steps integer;
 begin
-  select * into v_run from pgflow.runs as r where r.run_id = complete_task.run_id for update;
+  -- Locks in pgflow's order: the run, the step state, the task.
+  select r.status, r.flow_slug into v_run_status, v_flow_slug
+    from pgflow.runs as r
+   where r.run_id = complete_task.run_id
+     for update;
   if not found then
     raise exception using
       errcode = 'no_data_found',
       message = format('complete_task: run %s does not exist', complete_task.run_id);
   end if;
 
-  select * into v_task
-    from pgflow.step_tasks as t
-   where t.run_id = complete_task.run_id
-     and t.step_slug = complete_task.step_slug
-     and t.task_index = complete_task.task_index;
-  if not found then
-    raise exception using
-      errcode = 'no_data_found',
-      message = format('complete_task: run %s of flow %L has no task %s[%s]',
-                       complete_task.run_id, v_run.flow_slug, complete_task.step_slug,
-                       complete_task.task_index);
+  -- What the rest needs to know of the step and its flow, read with the step state's lock:
+  -- whether a map may wait for this single step's array, and whether any step of the flow has
+  -- a condition (without any, readiness follows from the dependency counts alone).
+  if v_run_status = 'started' then
+    select ss.status, st.step_type,
+           st.step_type = 'single' and exists (
+             select 1
+               from pgflow.deps as d
+               join pgflow.steps as cs on cs.flow_slug = d.flow_slug and cs.step_slug = d.step_slug
+              where d.flow_slug = st.flow_slug and d.dep_slug = st.step_slug
+                and cs.step_type = 'map'),
+           exists (
+             select 1 from pgflow.steps as fs
+              where fs.flow_slug = st.flow_slug
+                and (fs.required_input_pattern is not null
+                     or fs.forbidden_input_pattern is not null))
+      into v_state_status, v_step_type, v_feeds_map, v_conditional
+      from pgflow.step_states as ss
+      join pgflow.steps as st on st.flow_slug = ss.flow_slug and st.step_slug = ss.step_slug
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
+       for update of ss;
   end if;
 
-  -- A late result for a run that already ended (its tasks cancelled if it failed) changes
-  -- nothing; its message is archived (a no-op when the run's end archived it already).
-  if v_run.status <> 'started' then
+  -- A late result for a run that already ended (its tasks cancelled if it failed), or for a step
+  -- that ended meanwhile (failed, or skipped after a sibling task ran out of attempts), changes
+  -- nothing; its message is archived (a no-op when the end archived it already).
+  if v_run_status <> 'started' or v_state_status is distinct from 'started' then
+    select * into v_task
+      from pgflow.step_tasks as t
+     where t.run_id = complete_task.run_id
+       and t.step_slug = complete_task.step_slug
+       and t.task_index = complete_task.task_index;
+    if not found then
+      raise exception using
+        errcode = 'no_data_found',
+        message = format('complete_task: run %s of flow %L has no task %s[%s]',
+                         complete_task.run_id, v_flow_slug, complete_task.step_slug,
+                         complete_task.task_index);
+    end if;
     perform pgflow._archive_task_message(v_task.run_id, v_task.step_slug, v_task.task_index);
     return next v_task;
     return;
   end if;
-
-  -- Likewise for a step that ended meanwhile (failed, or skipped after a sibling task ran
-  -- out of attempts).
-  select * into v_state
-    from pgflow.step_states as ss
-   where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-     for update;
-  if v_state.status <> 'started' then
-    perform pgflow._archive_task_message(v_task.run_id, v_task.step_slug, v_task.task_index);
-    return next v_task;
-    return;
-  end if;
-
-  select * into v_task
-    from pgflow.step_tasks as t
-   where t.run_id = complete_task.run_id
-     and t.step_slug = complete_task.step_slug
-     and t.task_index = complete_task.task_index
-     for update;
-  -- Not claimed (still queued, e.g. waiting for a retry) or already finished: a duplicate or
-  -- stale report, ignored. The message stays: a queued task still needs it.
-  if v_task.status <> 'started' then
-    return next v_task;
-    return;
-  end if;
-
-  select * into v_step
-    from pgflow.steps as s
-   where s.flow_slug = v_run.flow_slug and s.step_slug = complete_task.step_slug;
 
   -- A single step feeding a map that still waits for it must produce an array; anything else
   -- fails the run at once (whatever the step's when_exhausted says).
-  if v_step.step_type = 'single'
+  if v_feeds_map
      and (complete_task.output is null or jsonb_typeof(complete_task.output) <> 'array') then
+    select * into v_task
+      from pgflow.step_tasks as t
+     where t.run_id = complete_task.run_id
+       and t.step_slug = complete_task.step_slug
+       and t.task_index = complete_task.task_index
+       for update;
+    if not found then
+      raise exception using
+        errcode = 'no_data_found',
+        message = format('complete_task: run %s of flow %L has no task %s[%s]',
+                         complete_task.run_id, v_flow_slug, complete_task.step_slug,
+                         complete_task.task_index);
+    end if;
+    -- A duplicate or stale report is ignored before the output is looked at.
+    if v_task.status <> 'started' then
+      return next v_task;
+      return;
+    end if;
+
     select d.step_slug into v_map_child
       from pgflow.deps as d
       join pgflow.steps as cs on cs.flow_slug = d.flow_slug and cs.step_slug = d.step_slug
       join pgflow.step_states as child
         on child.run_id = complete_task.run_id and child.step_slug = d.step_slug
-     where d.flow_slug = v_run.flow_slug
+     where d.flow_slug = v_flow_slug
        and d.dep_slug = complete_task.step_slug
        and cs.step_type = 'map'
        and child.status = 'created'
@@ -106,7 +133,7 @@ begin
         jsonb_build_object(
           'event_type', 'run:failed',
           'run_id', complete_task.run_id,
-          'flow_slug', v_run.flow_slug,
+          'flow_slug', v_flow_slug,
           'status', 'failed',
           'error_message', v_step_error,
           'failed_at', now()),
@@ -151,33 +178,60 @@ begin
    where t.run_id = complete_task.run_id
      and t.step_slug = complete_task.step_slug
      and t.task_index = complete_task.task_index
+     and t.status = 'started'
   returning * into v_task;
-
-  update pgflow.step_states as ss
-     set remaining_tasks = ss.remaining_tasks - 1
-   where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-  returning * into v_state;
-
-  perform pgflow._archive_task_message(v_task.run_id, v_task.step_slug, v_task.task_index);
-
-  if v_state.remaining_tasks > 0 then
+  if not found then
+    select * into v_task
+      from pgflow.step_tasks as t
+     where t.run_id = complete_task.run_id
+       and t.step_slug = complete_task.step_slug
+       and t.task_index = complete_task.task_index;
+    if not found then
+      raise exception using
+        errcode = 'no_data_found',
+        message = format('complete_task: run %s of flow %L has no task %s[%s]',
+                         complete_task.run_id, v_flow_slug, complete_task.step_slug,
+                         complete_task.task_index);
+    end if;
+    -- Not claimed (still queued, e.g. waiting for a retry) or already finished: a duplicate or
+    -- stale report, ignored. The message stays: a queued task still needs it.
     return next v_task;
     return;
   end if;
 
-  -- The step's last task: the step completes with its output (a map's outputs in task order).
+  if v_task.message_id is not null then
+    perform pgmq.archive(v_task.queue_name, v_task.message_id);
+  end if;
+
+  -- One update counts the task down and, with the step's last task, completes the step: a
+  -- single step with this output, a map with its tasks' outputs in task order, gathered below
+  -- (kept out of this update, which would otherwise be planned afresh on every call).
   update pgflow.step_states as ss
-     set status = 'completed',
-         completed_at = now(),
+     set remaining_tasks = ss.remaining_tasks - 1,
+         status = case when ss.remaining_tasks = 1 then 'completed' else ss.status end,
+         completed_at = case when ss.remaining_tasks = 1 then now() else ss.completed_at end,
          output = case
-           when v_step.step_type = 'map' then (
-             select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
-               from pgflow.step_tasks as t
-              where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
-           else complete_task.output
+           when ss.remaining_tasks = 1 and v_step_type = 'single' then complete_task.output
+           else ss.output
          end
    where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-  returning * into v_state;
+  returning ss.remaining_tasks, ss.initial_tasks, ss.output, ss.completed_at
+    into v_remaining_tasks, v_initial_tasks, v_output, v_completed_at;
+
+  if v_remaining_tasks > 0 then
+    return next v_task;
+    return;
+  end if;
+
+  if v_step_type = 'map' then
+    update pgflow.step_states as ss
+       set output = (
+         select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
+           from pgflow.step_tasks as t
+          where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
+    returning ss.output into v_output;
+  end if;
 
   perform realtime.send(
     jsonb_build_object(
@@ -185,42 +239,64 @@ begin
       'run_id', complete_task.run_id,
       'step_slug', complete_task.step_slug,
       'status', 'completed',
-      'output', v_state.output,
-      'completed_at', v_state.completed_at),
+      'output', v_output,
+      'completed_at', v_completed_at),
     'step:' || complete_task.step_slug || ':completed',
     'pgflow:run:' || complete_task.run_id,
     false);
 
   -- A map child learns its task count from this output (the planner would fold the length
   -- call for any output if it sat inside the update's CASE).
-  if v_step.step_type = 'map' then
-    v_child_tasks := v_state.initial_tasks;
-  elsif jsonb_typeof(v_state.output) = 'array' then
-    v_child_tasks := jsonb_array_length(v_state.output);
+  if v_step_type = 'map' then
+    v_child_tasks := v_initial_tasks;
+  elsif jsonb_typeof(v_output) = 'array' then
+    v_child_tasks := jsonb_array_length(v_output);
   end if;
 
-  update pgflow.step_states as child
-     set remaining_deps = child.remaining_deps - 1,
-         initial_tasks = case
-           when cs.step_type = 'map' and child.initial_tasks is null then v_child_tasks
-           else child.initial_tasks
-         end
-    from pgflow.deps as d, pgflow.steps as cs
-   where d.flow_slug = v_run.flow_slug
-     and d.dep_slug = complete_task.step_slug
-     and cs.flow_slug = d.flow_slug
-     and cs.step_slug = d.step_slug
-     and child.run_id = complete_task.run_id
-     and child.step_slug = d.step_slug;
+  with children as (
+    update pgflow.step_states as child
+       set remaining_deps = child.remaining_deps - 1,
+           initial_tasks = case
+             when cs.step_type = 'map' and child.initial_tasks is null then v_child_tasks
+             else child.initial_tasks
+           end
+      from pgflow.deps as d, pgflow.steps as cs
+     where d.flow_slug = v_flow_slug
+       and d.dep_slug = complete_task.step_slug
+       and cs.flow_slug = d.flow_slug
+       and cs.step_slug = d.step_slug
+       and child.run_id = complete_task.run_id
+       and child.step_slug = d.step_slug
+    returning child.status, child.remaining_deps, child.initial_tasks
+  )
+  select count(*) filter (where c.initial_tasks > 0),
+         count(*) filter (where c.initial_tasks = 0)
+    into v_ready, v_taskless
+    from children as c
+   where c.status = 'created' and c.remaining_deps = 0;
 
   update pgflow.runs as r
      set remaining_steps = r.remaining_steps - 1
-   where r.run_id = complete_task.run_id;
+   where r.run_id = complete_task.run_id
+  returning r.remaining_steps into v_remaining_steps;
 
-  if pgflow.cascade_resolve_conditions(complete_task.run_id) then
-    perform pgflow.cascade_complete_taskless_steps(complete_task.run_id);
-    perform pgflow.start_ready_steps(complete_task.run_id);
-    perform pgflow.maybe_complete_run(complete_task.run_id);
+  if v_conditional then
+    if pgflow.cascade_resolve_conditions(complete_task.run_id) then
+      perform pgflow.cascade_complete_taskless_steps(complete_task.run_id);
+      perform pgflow.start_ready_steps(complete_task.run_id);
+      perform pgflow.maybe_complete_run(complete_task.run_id);
+    end if;
+  else
+    -- Without conditions only the children just counted down can have become ready.
+    if v_taskless > 0 then
+      perform pgflow.cascade_complete_taskless_steps(complete_task.run_id);
+    end if;
+    if v_ready > 0 or v_taskless > 0 then
+      perform pgflow.start_ready_steps(complete_task.run_id);
+    end if;
+    if v_remaining_steps = 0 or v_taskless > 0 then
+      perform pgflow.maybe_complete_run(complete_task.run_id);
+    end if;
   end if;
 
   return next v_task;

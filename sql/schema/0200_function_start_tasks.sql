@@ -21,7 +21,9 @@ declare
   v_msg_id bigint;
   v_task pgflow.step_tasks;
   v_tasks pgflow.step_tasks[] := '{}';
-  v_step pgflow.steps;
+  v_step_of text;
+  v_step_type text;
+  v_deps_count integer;
   v_timeout integer;
   v_source_of text;
   v_source jsonb;
@@ -31,6 +33,7 @@ declare
   v_offsets integer[] := '{}';
   v_extended integer;
   v_mode text;
+  v_tids tid[];
 begin
   select f.queue_mode into v_mode from pgflow.flows as f where f.flow_slug = start_tasks.flow_slug;
   if not found then
@@ -94,46 +97,69 @@ begin
   end loop;
 
   -- Claim the queued ones (a failed attempt above is queued again but waits for its backoff).
-  foreach v_task in array v_tasks loop
-    continue when v_task.status <> 'queued';
+  -- Their rows are locked in message order, as everything that ends a run's tasks does, so the
+  -- two never deadlock: one primary-key probe per task, whatever the planner knows of the
+  -- table. One update then claims them all.
+  select array_agg(l.tid order by c.ordinality)
+    into v_tids
+    from unnest(v_tasks) with ordinality as c
+   cross join lateral (
+     select t.ctid as tid
+       from pgflow.step_tasks as t
+      where t.run_id = c.run_id
+        and t.step_slug = c.step_slug
+        and t.task_index = c.task_index
+        and t.status = 'queued'
+        and exists (select 1 from pgflow.runs as r
+                     where r.run_id = t.run_id and r.status = 'started')
+        and exists (select 1 from pgflow.step_states as ss
+                     where ss.run_id = t.run_id and ss.step_slug = t.step_slug
+                       and ss.status = 'started')
+        for update of t
+   ) as l
+   where c.status = 'queued';
+
+  with claimed as (
     update pgflow.step_tasks as t
        set status = 'started',
            started_at = now(),
            attempts_count = t.attempts_count + 1,
            last_worker_id = start_tasks.worker_id
-     where t.run_id = v_task.run_id
-       and t.step_slug = v_task.step_slug
-       and t.task_index = v_task.task_index
-       and t.status = 'queued'
-       and exists (select 1 from pgflow.runs as r
-                    where r.run_id = t.run_id and r.status = 'started')
-       and exists (select 1 from pgflow.step_states as ss
-                    where ss.run_id = t.run_id and ss.step_slug = t.step_slug
-                      and ss.status = 'started')
-    returning * into v_task;
-    continue when not found;
+     where t.ctid = any (v_tids)
+    returning t
+  )
+  select coalesce(array_agg(claimed.t order by (claimed.t).message_id), '{}')
+    into v_tasks
+    from claimed;
+
+  foreach v_task in array v_tasks loop
+    -- The step's definition, loaded once per step of this batch (the flow is the same for all).
+    if v_step_of is distinct from v_task.step_slug then
+      v_step_of := v_task.step_slug;
+      select s.step_type, s.deps_count, coalesce(s.opt_timeout, f.opt_timeout)
+        into v_step_type, v_deps_count, v_timeout
+        from pgflow.steps as s
+        join pgflow.flows as f on f.flow_slug = s.flow_slug
+       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
+    end if;
 
     -- What the step's tasks read, loaded once per run and step of this batch.
     if v_source_of is distinct from v_task.run_id::text || '/' || v_task.step_slug then
       v_source_of := v_task.run_id::text || '/' || v_task.step_slug;
       v_flow_input := null;
-      select * into v_step
-        from pgflow.steps as s
-       where s.flow_slug = v_task.flow_slug and s.step_slug = v_task.step_slug;
-      select coalesce(v_step.opt_timeout, f.opt_timeout) into v_timeout
-        from pgflow.flows as f where f.flow_slug = v_task.flow_slug;
-      if v_step.step_type = 'single' then
+      if v_step_type = 'single' and v_deps_count = 0 then
+        -- A root step reads the run's input beside an empty object of dependencies.
+        v_source := '{}'::jsonb;
+        select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
+      elsif v_step_type = 'single' then
         select coalesce(jsonb_object_agg(d.dep_slug, ps.output), '{}'::jsonb) into v_source
           from pgflow.deps as d
           join pgflow.step_states as ps on ps.run_id = v_task.run_id and ps.step_slug = d.dep_slug
          where d.flow_slug = v_task.flow_slug
            and d.step_slug = v_task.step_slug
            and ps.status = 'completed';
-        if v_step.deps_count = 0 then
-          select r.input into v_flow_input from pgflow.runs as r where r.run_id = v_task.run_id;
-        end if;
       else
-        if v_step.deps_count = 0 then
+        if v_deps_count = 0 then
           select r.input into v_source from pgflow.runs as r where r.run_id = v_task.run_id;
         else
           select ps.output into v_source
@@ -154,7 +180,7 @@ begin
       v_task.flow_slug,
       v_task.run_id,
       v_task.step_slug,
-      case when v_step.step_type = 'map' then v_source -> v_task.task_index else v_source end,
+      case when v_step_type = 'map' then v_source -> v_task.task_index else v_source end,
       v_task.message_id,
       v_task.task_index,
       v_flow_input)::pgflow.step_task_record;
@@ -182,9 +208,13 @@ $fn$;
 -- the flow's queue, lower(flow_slug), of a flow in queue mode 'flow'.
 create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
 returns setof pgflow.step_task_record
-language sql
+language plpgsql
 set search_path to pg_catalog, pg_temp
 as $fn$
-  select * from pgflow.start_tasks(start_tasks.flow_slug, start_tasks.msg_ids,
-                                   start_tasks.worker_id, lower(start_tasks.flow_slug))
+begin
+  -- PL/pgSQL keeps this statement's plan; a SQL function with a pinned search_path cannot be
+  -- inlined and would be parsed and planned again on every call.
+  return query select * from pgflow.start_tasks(start_tasks.flow_slug, start_tasks.msg_ids,
+                                                start_tasks.worker_id, lower(start_tasks.flow_slug));
+end;
 $fn$;

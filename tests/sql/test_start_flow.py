@@ -11,8 +11,10 @@ from psycopg.types.json import Jsonb
 from tests.sql.helpers import (
     complete,
     define_flow,
+    drain,
     event_names,
     is_official,
+    make_all_visible,
     queue_rows,
     raises_sqlstate,
     read_and_start,
@@ -269,3 +271,39 @@ def test_get_run_with_states_sees_outputs(db_url: str) -> None:
         a, b = row[0]["steps"]
         assert (a["step_slug"], a["status"], a["output"]) == ("a", "completed", {"n": 1})
         assert (b["step_slug"], b["status"]) == ("b", "started")
+
+
+def test_steps_start_on_a_pgmq_without_the_timed_send(db_url: str) -> None:
+    """pgmq before 1.5 (Supabase's for a long time) has no ``send`` with headers and a time:
+    single-task steps then go through the send with a delay in seconds, delay included."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # The timed send out of sight, and the send with a delay in seconds no longer built
+        # on it: pgmq's functions as they were before 1.5.
+        conn.execute(
+            "alter function pgmq.send(text, jsonb, jsonb, timestamp with time zone)"
+            " rename to send_out_of_sight"
+        )
+        conn.execute(
+            "create or replace function pgmq.send(queue_name text, msg jsonb, delay integer)"
+            " returns setof bigint language sql as $$ select * from pgmq.send_out_of_sight("
+            "queue_name, msg, null, clock_timestamp() + make_interval(secs => delay)) $$"
+        )
+        timed = "pgmq.send(text, jsonb, jsonb, timestamp with time zone)"
+        assert conn.execute(f"select to_regprocedure('{timed}')").fetchone() == (None,)
+        conn.execute("select pgflow.create_flow('f')")
+        conn.execute("select pgflow.add_step('f', 'now')")
+        conn.execute("select pgflow.add_step('f', 'later', start_delay => 30)")
+        conn.execute("select pgflow.add_step('f', 'next', '{now}')")
+        run_id = start_flow(conn, "f", {})
+        vt = {m.message["step_slug"]: m.vt_in for m in queue_rows(conn, "f")}
+        assert vt["now"] < 1
+        assert 28 < vt["later"] <= 30.5
+        assert drain(conn, "f", lambda task: task.step_slug) == 2
+        make_all_visible(conn, "f")
+        assert drain(conn, "f", lambda task: task.step_slug) == 1
+        assert run_row(conn, run_id)["status"] == "completed"
+        assert {s: row["status"] for s, row in step_states(conn, run_id).items()} == {
+            "now": "completed",
+            "later": "completed",
+            "next": "completed",
+        }

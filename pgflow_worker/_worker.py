@@ -5,8 +5,8 @@ read messages (``pgmq.read_with_poll``), claim their tasks (``pgflow.start_tasks
 handlers, then ``complete_task`` or ``fail_task``. Retries, backoff and run state live in SQL;
 the worker only executes. It polls again while handlers still run instead of waiting for the
 whole batch: once a slot frees up it takes every free slot, and under load waits up to 20 ms
-for half a batch of them, so a busy worker reads several messages per round trip rather than
-one each time a handler ends. A finished handler gives its slot to the next poll while its
+for a whole batch of them, so a busy worker reads a full batch per round trip rather than one
+message each time a handler ends. A finished handler gives its slot to the next poll while its
 result is sent; results ready at once are sent together, in one transaction
 (:mod:`._reports`). It enforces each step's ``timeout`` on the handler itself.
 """
@@ -44,7 +44,7 @@ __all__ = ["FlowWorker", "run_worker"]
 
 log = logging.getLogger("pgflow.worker")
 
-#: How long a poll waits for half a batch of slots to come free while handlers run.
+#: How long a poll waits for a batch of slots to come free while handlers run.
 _FILL_WAIT = 0.02
 _DEFAULT_TIMEOUT = 60  # create_flow's default when a flow sets none
 _REPORT_RETRY_SECONDS = 30.0
@@ -379,14 +379,14 @@ class FlowWorker:
     async def _more_slots(self, most: int) -> int:
         """Take up to ``most`` more free slots for the next poll; how many were taken.
 
-        Takes every slot free now. When that is less than half a batch while handlers are
-        running, waits a moment for more of them to finish: each poll costs two round trips and
-        two calls on the server whatever it reads, so polling for one message each time a
-        handler ends spends far more of the database per task. (Waiting for a full batch would
-        stop polling from overlapping the batch's last handlers and reports.)
+        Takes every slot free now. When that is less than a batch while handlers are running,
+        waits a moment (``_FILL_WAIT``) for more of them to finish: each poll costs two round
+        trips and two calls on the server whatever it reads, so polling for a few messages each
+        time handlers end spends far more of the database per task. The wait is bounded, so
+        slow handlers never hold back a poll for long.
         """
         taken = 0
-        half = max(1, min(self.settings.batch_size, self.settings.max_concurrent) // 2)
+        batch = max(1, min(self.settings.batch_size, self.settings.max_concurrent))
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while taken < most:
@@ -394,7 +394,7 @@ class FlowWorker:
                 await self._slots.acquire()
                 taken += 1
                 continue
-            if taken + 1 >= half or not self._in_flight or self._stopping.is_set():
+            if taken + 1 >= batch or not self._in_flight or self._stopping.is_set():
                 break
             if deadline is None:
                 deadline = loop.time() + _FILL_WAIT

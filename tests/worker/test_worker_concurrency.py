@@ -172,6 +172,25 @@ async def test_a_busy_worker_waits_no_longer_than_its_fill_wait() -> None:
     assert 0.019 <= waited < 1.0
 
 
+async def test_a_busy_worker_waits_for_a_whole_batch_not_half() -> None:
+    worker = FlowWorker(Flow("busy"), "postgresql://unused@localhost/none", batch_size=10)
+    for _ in range(10):
+        await worker._slots.acquire()
+    for _ in range(6):  # more than half a batch is free, four handlers still run
+        worker._slots.release()
+    handler = asyncio.create_task(asyncio.Event().wait())
+    worker._in_flight.add(handler)
+    loop = asyncio.get_running_loop()
+    try:
+        began = loop.time()
+        taken = await asyncio.wait_for(worker._more_slots(9), 5)
+        waited = loop.time() - began
+    finally:
+        handler.cancel()
+    assert taken == 6
+    assert 0.019 <= waited < 1.0  # it gave the running handlers the fill wait to finish
+
+
 async def test_results_of_one_step_travel_in_one_batch_at_a_time(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,15 +210,21 @@ class WorkerProcess:
         return proc_sample(self.pid)
 
     def wait_registered(
-        self, conn: psycopg.Connection[Any], queue: str, timeout: float, count: int = 1
+        self,
+        conn: psycopg.Connection[Any],
+        queue: str,
+        timeout: float,
+        count: int = 1,
+        excluding: uuid.UUID | None = None,
     ) -> None:
-        """Wait until ``count`` live workers of ``queue`` are registered; fail if this process
-        exits."""
+        """Wait until ``count`` live workers of ``queue`` are registered, not counting the row
+        ``excluding`` names; fail if this process exits."""
         deadline = time.monotonic() + timeout
         while True:
             row = conn.execute(
-                "select count(*) from pgflow.workers where queue_name = %s and stopped_at is null",
-                (queue,),
+                "select count(*) from pgflow.workers where queue_name = %s and stopped_at is null"
+                " and worker_id is distinct from %s",
+                (queue, excluding),
             ).fetchone()
             if row and row[0] >= count:
                 return

@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
@@ -303,25 +304,11 @@ async def worker_ready(worker: WorkerProcess, dsn: str, timeout: float = 120.0) 
     """Wait until the worker process polls for tasks.
 
     Its start (imports, connections) takes seconds of CPU: ``start_flow`` timed meanwhile
-    would compete with it for the cores, and its runs would wait for it.
+    would compete with it for the cores, and its runs would wait for it. The row this
+    benchmark registers for the steps it drives itself does not count.
     """
-
-    deadline = time.monotonic() + timeout
-    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            # Not the row this benchmark registers for the steps it drives itself.
-            cur = await conn.execute(
-                "select count(*) from pgflow.workers where queue_name = %s"
-                " and stopped_at is null and worker_id <> %s",
-                (SLUG, BENCH_WORKER),
-            )
-            row = await cur.fetchone()
-            if row is not None and row[0]:
-                return
-            worker.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not register within {timeout:.0f} s")
-            await asyncio.sleep(0.05)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        await asyncio.to_thread(worker.wait_registered, conn, SLUG, timeout, excluding=BENCH_WORKER)
 
 
 async def start_latency(client: PgflowClient, dsn: str, runs: int, slug: str = SLUG) -> StartResult:

@@ -148,7 +148,8 @@ class PostgresTransport:
         self, flow_slug: str, input: Any, run_id: str, *, trace: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         self._check_open()
-        traceparent = (trace or {}).get("traceparent")
+        trace = trace or {}
+        traceparent = trace.get("traceparent")
         function = "start_flow_with_states"
         try:
             async with self._pool.connection() as conn:
@@ -161,7 +162,7 @@ class PostgresTransport:
                             Jsonb(input),
                             run_id,
                             traceparent,
-                            (trace or {}).get("tracestate"),
+                            trace.get("tracestate"),
                         ),
                     )
                 else:

@@ -381,13 +381,14 @@ class SupabaseTransport:
         self, flow_slug: str, input: Any, run_id: str, *, trace: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         params: dict[str, Any] = {"flow_slug": flow_slug, "input": input, "run_id": run_id}
-        traceparent = (trace or {}).get("traceparent")
+        trace = trace or {}
+        traceparent = trace.get("traceparent")
         data: Any = None
         traced = False
         if traceparent and self._traced_start is not False:
             extra = {"traceparent": traceparent}
-            if (trace or {}).get("tracestate"):
-                extra["tracestate"] = (trace or {})["tracestate"]
+            if trace.get("tracestate"):
+                extra["tracestate"] = trace["tracestate"]
             try:
                 data = await self._rpc(TRACED_START, {**params, **extra}, flow_slug)
             except RpcError as exc:

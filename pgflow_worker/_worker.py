@@ -7,7 +7,7 @@ the worker only executes. It polls again while handlers still run instead of wai
 whole batch: once a slot frees up it takes every free slot, and under load waits up to 20 ms
 for a whole batch of them, so a busy worker reads a full batch per round trip rather than one
 message each time a handler ends. A finished handler gives its slot to the next poll while its
-result is sent; results ready at once are sent together, in one transaction
+result is sent; results ready at once are sent together, in one statement
 (:mod:`._reports`). It enforces each step's ``timeout`` on the handler itself.
 """
 

@@ -29,7 +29,7 @@ from benchmarks._common import (
     median,
     progress,
 )
-from benchmarks.worker_throughput import start_runs, target, wait_for_runs
+from benchmarks.worker_throughput import finished_and_tasks, start_runs, target, wait_for_runs
 from tests._stack import Stack
 
 
@@ -79,17 +79,9 @@ def measure(
             wait_for_runs(conn, workers, flow.slug, args.timeout)
             worker_cpu = sum(w.sample().cpu for w in workers) - before
             server_cpu = server.sample() - server_before
-            row = conn.execute(
-                "select max(completed_at),"
-                " (select count(*) from pgflow.step_tasks where flow_slug = %s"
-                "  and status = 'completed')"
-                " from pgflow.runs where flow_slug = %s",
-                (flow.slug, flow.slug),
-            ).fetchone()
-            assert row is not None
-            finished, tasks = row
+            finished, tasks = finished_and_tasks(conn, flow.slug)
         seconds = (finished - started[0]).total_seconds()
-        return Measurement(processes, int(tasks), seconds, worker_cpu, server_cpu)
+        return Measurement(processes, tasks, seconds, worker_cpu, server_cpu)
     finally:
         stack.drop(name)
 

@@ -256,28 +256,6 @@ def _report_client(side: ClientSide) -> None:
 # -- workers -----------------------------------------------------------------------------------
 
 
-def _wait_for_runs(
-    conn: psycopg.Connection[Any], loop: NodeTaskLoop, slug: str, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        row = conn.execute(
-            "select count(*) filter (where status = 'started'),"
-            " count(*) filter (where status = 'failed') from pgflow.runs where flow_slug = %s",
-            (slug,),
-        ).fetchone()
-        assert row is not None
-        unfinished, failed = row
-        if failed:
-            raise RuntimeError(f"{failed} run(s) of {slug!r} failed:\n{loop.log_tail()}")
-        if not unfinished:
-            return
-        loop.check_alive()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{unfinished} run(s) of {slug!r} unfinished after {timeout:.0f} s")
-        time.sleep(0.05)
-
-
 def run_node_loop_scenario(
     stack: Stack, server: ServerCpu, *, runs: int, timeout: float = 900.0
 ) -> worker_throughput.WorkerResult:
@@ -297,25 +275,17 @@ def run_node_loop_scenario(
                 started = conn.execute("select clock_timestamp()").fetchone()
                 assert started is not None
                 worker_throughput.start_runs(conn, flow.slug, "chain", runs)
-                _wait_for_runs(conn, loop, flow.slug, timeout)
+                worker_throughput.wait_for_runs(conn, [loop], flow.slug, timeout)
                 after = proc_sample(loop.pid)
                 server_cpu = server.sample() - server_before
                 summary = loop.stop()
-            row = conn.execute(
-                "select max(completed_at),"
-                " (select count(*) from pgflow.step_tasks where flow_slug = %s"
-                "  and status = 'completed')"
-                " from pgflow.runs where flow_slug = %s",
-                (flow.slug, flow.slug),
-            ).fetchone()
-            assert row is not None
-            finished, tasks = row
+            finished, tasks = worker_throughput.finished_and_tasks(conn, flow.slug)
         if summary["failed"]:
             raise RuntimeError(f"the task loop failed {summary['failed']} task(s)")
         return worker_throughput.WorkerResult(
             "chain",
             "node",
-            int(tasks),
+            tasks,
             (finished - started[0]).total_seconds(),
             after.cpu - before.cpu,
             server_cpu,

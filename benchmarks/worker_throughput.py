@@ -24,8 +24,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -183,8 +184,16 @@ def start_runs(conn: psycopg.Connection[Any], slug: str, scenario: str, count: i
         conn.execute("select 1 from pgflow.start_flow(%s, %s)", (slug, Jsonb(list(range(count)))))
 
 
+class Watched(Protocol):
+    """A process that runs a flow's tasks: a worker process, or the Node task loop."""
+
+    def check_alive(self) -> None: ...
+
+    def log_tail(self, limit: int = 3000) -> str: ...
+
+
 def wait_for_runs(
-    conn: psycopg.Connection[Any], workers: Sequence[WorkerProcess], slug: str, timeout: float
+    conn: psycopg.Connection[Any], workers: Sequence[Watched], slug: str, timeout: float
 ) -> None:
     """Wait until no run of ``slug`` is unfinished (failing on a failed run or a dead worker)."""
     deadline = time.monotonic() + timeout
@@ -205,6 +214,18 @@ def wait_for_runs(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{unfinished} run(s) of {slug!r} unfinished after {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def finished_and_tasks(conn: psycopg.Connection[Any], slug: str) -> tuple[datetime, int]:
+    """When the last run of ``slug`` completed (the server's clock), and its completed tasks."""
+    row = conn.execute(
+        "select max(completed_at),"
+        " (select count(*) from pgflow.step_tasks where flow_slug = %s and status = 'completed')"
+        " from pgflow.runs where flow_slug = %s",
+        (slug, slug),
+    ).fetchone()
+    assert row is not None
+    return row[0], int(row[1])
 
 
 def run_worker_scenario(
@@ -235,21 +256,13 @@ def run_worker_scenario(
             wait_for_runs(conn, [worker], flow.slug, timeout=args.timeout)
             after = worker.sample()
             server_cpu = server.sample() - server_before
-            row = conn.execute(
-                "select max(completed_at),"
-                " (select count(*) from pgflow.step_tasks where flow_slug = %s"
-                "  and status = 'completed')"
-                " from pgflow.runs where flow_slug = %s",
-                (flow.slug, flow.slug),
-            ).fetchone()
-            assert row is not None
-            finished, tasks = row
+            finished, tasks = finished_and_tasks(conn, flow.slug)
             code = worker.stop()
             if code != 0:
                 raise RuntimeError(f"the worker exited with code {code}:\n{worker.log_tail()}")
         seconds = (finished - started[0]).total_seconds()
         return WorkerResult(
-            scenario, handlers, int(tasks), seconds, after.cpu - before.cpu, server_cpu, after.rss
+            scenario, handlers, tasks, seconds, after.cpu - before.cpu, server_cpu, after.rss
         )
     finally:
         stack.drop(name)

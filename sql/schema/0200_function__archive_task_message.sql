@@ -19,7 +19,7 @@ begin
      and t.step_slug = p_step_slug
      and t.task_index = p_task_index;
   if v_message_id is not null then
-    perform pgmq.archive(v_queue_name, v_message_id);
+    perform pgflow._archive_message(v_queue_name, v_message_id);
   end if;
 end;
 $fn$;

@@ -200,7 +200,7 @@ begin
   end if;
 
   if v_task.message_id is not null then
-    perform pgmq.archive(v_task.queue_name, v_task.message_id);
+    perform pgflow._archive_message(v_task.queue_name, v_task.message_id);
   end if;
 
   -- One update counts the task down and, with the step's last task, completes the step: a

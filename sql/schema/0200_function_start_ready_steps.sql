@@ -8,8 +8,6 @@ as $fn$
 declare
   v_flow_slug text;
   v_step record;
-  v_send_at boolean :=
-    to_regprocedure('pgmq.send(text, jsonb, jsonb, timestamp with time zone)') is not null;
 begin
   select r.flow_slug into v_flow_slug
     from pgflow.runs as r
@@ -50,37 +48,19 @@ begin
       'pgflow:run:' || start_ready_steps.run_id,
       false);
 
-    if v_step.initial_tasks = 1 and v_send_at then
-      -- A single task: pgmq's plain send, a shorter path than a batch of one, through the
-      -- form with headers and a time where pgmq has it (1.5 on): the one with a delay in
-      -- seconds wraps it in an SQL function, parsed and planned again on every call.
+    if v_step.initial_tasks = 1 then
       insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
                                      queue_name)
-      select v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0, sent.msg_id,
-             v_step.queue_name
-        from pgmq.send(
-               v_step.queue_name,
-               jsonb_build_object(
-                 'flow_slug', v_flow_slug,
-                 'run_id', start_ready_steps.run_id,
-                 'step_slug', v_step.step_slug,
-                 'task_index', 0),
-               null::jsonb,
-               clock_timestamp() + make_interval(secs => coalesce(v_step.opt_start_delay, 0)))
-             as sent (msg_id);
-    elsif v_step.initial_tasks = 1 then
-      insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
-                                     queue_name)
-      select v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0, sent.msg_id,
-             v_step.queue_name
-        from pgmq.send(
-               v_step.queue_name,
-               jsonb_build_object(
-                 'flow_slug', v_flow_slug,
-                 'run_id', start_ready_steps.run_id,
-                 'step_slug', v_step.step_slug,
-                 'task_index', 0),
-               coalesce(v_step.opt_start_delay, 0)) as sent (msg_id);
+      values (v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0,
+              pgflow._send_message(
+                v_step.queue_name,
+                jsonb_build_object(
+                  'flow_slug', v_flow_slug,
+                  'run_id', start_ready_steps.run_id,
+                  'step_slug', v_step.step_slug,
+                  'task_index', 0),
+                coalesce(v_step.opt_start_delay, 0)),
+              v_step.queue_name);
     else
       -- Message ids come from one sequence in insertion order, so the k-th smallest id
       -- belongs to task k.

@@ -275,7 +275,8 @@ def test_get_run_with_states_sees_outputs(db_url: str) -> None:
 
 def test_steps_start_on_a_pgmq_without_the_timed_send(db_url: str) -> None:
     """pgmq before 1.5 (Supabase's for a long time) has no ``send`` with headers and a time:
-    single-task steps then go through the send with a delay in seconds, delay included."""
+    single-task steps start all the same, their delay included (their messages are written by
+    the connection's prepared statement on the queue's table, which needs neither send)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         # The timed send out of sight, and the send with a delay in seconds no longer built
         # on it: pgmq's functions as they were before 1.5.

@@ -219,6 +219,21 @@ _FAIL = "select 1 from pgflow.fail_task(%s, %s, %s, %s)"
 
 # Every result of a batch in one statement, in the batch's order: a call of a volatile function
 # sees what the calls before it did. Each row calls complete_task or fail_task, never both.
+#: The attempt of each claimed message's task, by queue (or, on SQL without per-step queues, by
+#: flow): one index probe per id whatever the statistics say. A join, or `message_id = any()`,
+#: let a planner that had not yet seen the queue's name walk all its tasks for every id.
+_ATTEMPTS_BY_QUEUE = (
+    "select m.id, (select t.attempts_count from pgflow.step_tasks as t"
+    " where t.queue_name = %s and t.message_id = m.id)"
+    " from unnest(%s::bigint[]) as m (id)"
+)
+#: (That SQL's index on the message id alone is the one to probe; the flow is checked after.)
+_ATTEMPTS_BY_FLOW = (
+    "select m.id, (select max(t.attempts_count) filter (where t.flow_slug = %s)"
+    " from pgflow.step_tasks as t where t.message_id = m.id)"
+    " from unnest(%s::bigint[]) as m (id)"
+)
+
 _REPORT_MANY = (
     "select case when r.failed"
     " then (select count(*) from pgflow.fail_task(r.run_id, r.step_slug, r.task_index, r.error))"
@@ -487,28 +502,18 @@ class PgflowSqlClient:
                     " from pgflow.start_tasks(%s, %s::bigint[], %s, %s, %s) t",
                     (flow_slug, list(msg_ids), worker_id, queue, step_slug),
                 )
-                attempts = await conn.execute(
-                    # One index probe per id: `message_id = any(...)` lets a planner without
-                    # fresh statistics scan every task of the flow instead.
-                    "select t.message_id, t.attempts_count"
-                    " from unnest(%s::bigint[]) as m (id)"
-                    " join pgflow.step_tasks as t on t.queue_name = %s and t.message_id = m.id",
-                    (list(msg_ids), queue),
-                )
+                attempts = await conn.execute(_ATTEMPTS_BY_QUEUE, (queue, list(msg_ids)))
             else:
                 started = await conn.execute(
                     "select t.flow_slug, t.run_id, t.step_slug, t.task_index, t.msg_id,"
                     " to_jsonb(t)::text from pgflow.start_tasks(%s, %s::bigint[], %s) t",
                     (flow_slug, list(msg_ids), worker_id),
                 )
-                attempts = await conn.execute(
-                    "select t.message_id, t.attempts_count"
-                    " from unnest(%s::bigint[]) as m (id)"
-                    " join pgflow.step_tasks as t on t.flow_slug = %s and t.message_id = m.id",
-                    (list(msg_ids), flow_slug),
-                )
+                attempts = await conn.execute(_ATTEMPTS_BY_FLOW, (flow_slug, list(msg_ids)))
             rows = await started.fetchall()
-            attempt_by_msg = {row[0]: row[1] for row in await attempts.fetchall()}
+            attempt_by_msg = {
+                row[0]: row[1] for row in await attempts.fetchall() if row[1] is not None
+            }
             found = {} if contexts is None else {r[0]: r for r in await contexts.fetchall()}
         for run_id in traced:
             row = found.get(run_id)

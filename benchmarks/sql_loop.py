@@ -83,10 +83,17 @@ def backend_cpu_seconds(conn: psycopg.Connection[Any]) -> float | None:
 class Driver:
     """Plays the worker's part over one connection, timing each kind of SQL call."""
 
-    def __init__(self, conn: psycopg.Connection[Any], flow: str, batch: int) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        flow: str,
+        batch: int,
+        complete_function: str = "pgflow.complete_task",
+    ) -> None:
         self.conn = conn
         self.flow = flow
         self.batch = batch
+        self.complete_query = f"select 1 from {complete_function}(%s, %s, %s, %s)"
         self.calls: dict[str, float] = {}
         conn.execute(
             "insert into pgflow.workers (worker_id, queue_name, function_name)"
@@ -127,7 +134,7 @@ class Driver:
             output = task_input if isinstance(task_input, int) else {"step": step_slug}
             self._timed(
                 "complete_task",
-                "select 1 from pgflow.complete_task(%s, %s, %s, %s)",
+                self.complete_query,
                 (run_id, step_slug, task_index, Jsonb(output)),
             )
         return len(tasks)

@@ -1,8 +1,9 @@
 -- The name of this connection's prepared statement for one operation on a queue's own pgmq
 -- tables ('send' or 'archive' one message), prepared on first use; null when the queue has no
--- such tables (its callers then use pgmq's function, and its error). pgmq's functions build
--- their statement as text and plan it again on every call, which cost more than the insert or
--- the move itself; a prepared statement is planned once per connection and queue. The archive
+-- such tables (its callers then use pgmq's function, and its error). pgmq's archive builds its
+-- statement as text and plans it again on every call, which cost twice the move itself; its send
+-- with a delay in seconds (the only one before pgmq 1.5) is an SQL function, planned again on
+-- every call too. A prepared statement is planned once per connection and queue. The archive
 -- moves the columns both tables have, so it follows the installed pgmq's layout.
 create or replace function pgflow._queue_statement(p_queue_name text, p_operation text)
 returns text

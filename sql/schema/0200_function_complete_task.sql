@@ -25,10 +25,11 @@ declare
   v_remaining_tasks integer;
   v_initial_tasks integer;
   v_output jsonb;
-  v_completed_at timestamptz;
   v_child_tasks integer;
-  v_ready integer;
-  v_taskless integer;
+  v_start_children boolean;
+  v_state record;
+  v_ready integer := 0;
+  v_taskless integer := 0;
   v_remaining_steps integer;
 begin
   -- Locks in pgflow's order: the run, the step state, the task.
@@ -46,7 +47,7 @@ begin
   -- whether a map may wait for this single step's array, and whether any step of the flow has
   -- a condition (without any, readiness follows from the dependency counts alone).
   if v_run_status = 'started' then
-    select ss.status, st.step_type,
+    select ss.status, ss.remaining_tasks, ss.initial_tasks, st.step_type,
            st.step_type = 'single' and exists (
              select 1
                from pgflow.deps as d
@@ -58,7 +59,8 @@ begin
               where fs.flow_slug = st.flow_slug
                 and (fs.required_input_pattern is not null
                      or fs.forbidden_input_pattern is not null))
-      into v_state_status, v_step_type, v_feeds_map, v_conditional
+      into v_state_status, v_remaining_tasks, v_initial_tasks, v_step_type, v_feeds_map,
+           v_conditional
       from pgflow.step_states as ss
       join pgflow.steps as st on st.flow_slug = ss.flow_slug and st.step_slug = ss.step_slug
      where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
@@ -203,77 +205,122 @@ begin
     perform pgflow._archive_message(v_task.queue_name, v_task.message_id);
   end if;
 
-  -- One update counts the task down and, with the step's last task, completes the step: a
-  -- single step with this output, a map with its tasks' outputs in task order, gathered below
-  -- (kept out of this update, which would otherwise be planned afresh on every call).
-  update pgflow.step_states as ss
-     set remaining_tasks = ss.remaining_tasks - 1,
-         status = case when ss.remaining_tasks = 1 then 'completed' else ss.status end,
-         completed_at = case when ss.remaining_tasks = 1 then now() else ss.completed_at end,
-         output = case
-           when ss.remaining_tasks = 1 and v_step_type = 'single' then complete_task.output
-           else ss.output
-         end
-   where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-  returning ss.remaining_tasks, ss.initial_tasks, ss.output, ss.completed_at
-    into v_remaining_tasks, v_initial_tasks, v_output, v_completed_at;
-
-  if v_remaining_tasks > 0 then
+  -- Not the step's last task: it only counts down.
+  if v_remaining_tasks > 1 then
+    update pgflow.step_states as ss
+       set remaining_tasks = ss.remaining_tasks - 1
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug;
     return next v_task;
     return;
   end if;
 
+  -- The step's last task. The step's output (a map's: its tasks' outputs in task order), and
+  -- the task count a map child learns from it (the planner would fold the length call for any
+  -- output if it sat inside the update below).
   if v_step_type = 'map' then
-    update pgflow.step_states as ss
-       set output = (
-         select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
-           from pgflow.step_tasks as t
-          where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
-     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-    returning ss.output into v_output;
-  end if;
-
-  perform realtime.send(
-    jsonb_build_object(
-      'event_type', 'step:completed',
-      'run_id', complete_task.run_id,
-      'step_slug', complete_task.step_slug,
-      'status', 'completed',
-      'output', v_output,
-      'completed_at', v_completed_at),
-    'step:' || complete_task.step_slug || ':completed',
-    'pgflow:run:' || complete_task.run_id,
-    false);
-
-  -- A map child learns its task count from this output (the planner would fold the length
-  -- call for any output if it sat inside the update's CASE).
-  if v_step_type = 'map' then
+    select coalesce(jsonb_agg(t.output order by t.task_index), '[]'::jsonb)
+      into v_output
+      from pgflow.step_tasks as t
+     where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug;
     v_child_tasks := v_initial_tasks;
-  elsif jsonb_typeof(v_output) = 'array' then
-    v_child_tasks := jsonb_array_length(v_output);
+  else
+    v_output := complete_task.output;
+    if jsonb_typeof(v_output) = 'array' then
+      v_child_tasks := jsonb_array_length(v_output);
+    end if;
   end if;
 
-  with children as (
-    update pgflow.step_states as child
-       set remaining_deps = child.remaining_deps - 1,
-           initial_tasks = case
-             when cs.step_type = 'map' and child.initial_tasks is null then v_child_tasks
-             else child.initial_tasks
-           end
-      from pgflow.deps as d, pgflow.steps as cs
-     where d.flow_slug = v_flow_slug
-       and d.dep_slug = complete_task.step_slug
-       and cs.flow_slug = d.flow_slug
-       and cs.step_slug = d.step_slug
-       and child.run_id = complete_task.run_id
-       and child.step_slug = d.step_slug
-    returning child.status, child.remaining_deps, child.initial_tasks
-  )
-  select count(*) filter (where c.initial_tasks > 0),
-         count(*) filter (where c.initial_tasks = 0)
-    into v_ready, v_taskless
-    from children as c
-   where c.status = 'created' and c.remaining_deps = 0;
+  -- Without conditions, and unless a map child gets no task, a dependent this completion makes
+  -- ready starts in the same update; otherwise the passes below find it.
+  v_start_children := not v_conditional and v_child_tasks is distinct from 0;
+
+  -- One update completes the step and counts its dependents down: each gets one dependency
+  -- less, a map child its task count, and a dependent left with none starts when it may. The
+  -- expressions read the rows being updated, so a sibling's completion committed meanwhile is
+  -- counted from (read committed re-checks an updated row, not another table's copy of it).
+  for v_state in
+    with changed as (
+      update pgflow.step_states as ss
+         set status = case
+               when ss.step_slug = complete_task.step_slug then 'completed'
+               when v_start_children and ss.status = 'created' and ss.remaining_deps = 1
+                    and coalesce(ss.initial_tasks,
+                                 case when st.step_type = 'map' then v_child_tasks end) > 0
+                 then 'started'
+               else ss.status
+             end,
+             completed_at = case
+               when ss.step_slug = complete_task.step_slug then now() else ss.completed_at
+             end,
+             output = case
+               when ss.step_slug = complete_task.step_slug then v_output else ss.output
+             end,
+             remaining_tasks = case
+               when ss.step_slug = complete_task.step_slug then 0
+               when v_start_children and ss.status = 'created' and ss.remaining_deps = 1
+                    and coalesce(ss.initial_tasks,
+                                 case when st.step_type = 'map' then v_child_tasks end) > 0
+                 then coalesce(ss.initial_tasks, v_child_tasks)
+               else ss.remaining_tasks
+             end,
+             started_at = case
+               when ss.step_slug <> complete_task.step_slug and v_start_children
+                    and ss.status = 'created' and ss.remaining_deps = 1
+                    and coalesce(ss.initial_tasks,
+                                 case when st.step_type = 'map' then v_child_tasks end) > 0
+                 then now()
+               else ss.started_at
+             end,
+             remaining_deps = case
+               when ss.step_slug = complete_task.step_slug then ss.remaining_deps
+               else ss.remaining_deps - 1
+             end,
+             initial_tasks = case
+               when ss.step_slug <> complete_task.step_slug and st.step_type = 'map'
+                    and ss.initial_tasks is null
+                 then v_child_tasks
+               else ss.initial_tasks
+             end
+        from pgflow.steps as st
+       where ss.run_id = complete_task.run_id
+         and st.flow_slug = ss.flow_slug
+         and st.step_slug = ss.step_slug
+         and (ss.step_slug = complete_task.step_slug
+              or ss.step_slug in (
+                select d.step_slug from pgflow.deps as d
+                 where d.flow_slug = v_flow_slug and d.dep_slug = complete_task.step_slug))
+      returning ss.step_slug, ss.status, ss.remaining_deps, ss.initial_tasks, ss.remaining_tasks,
+                ss.started_at, ss.completed_at, st.step_index, st.queue_name, st.opt_start_delay
+    )
+    select * from changed as c
+     order by c.step_slug <> complete_task.step_slug, c.step_index
+  loop
+    if v_state.step_slug = complete_task.step_slug then
+      perform realtime.send(
+        jsonb_build_object(
+          'event_type', 'step:completed',
+          'run_id', complete_task.run_id,
+          'step_slug', complete_task.step_slug,
+          'status', 'completed',
+          'output', v_output,
+          'completed_at', v_state.completed_at),
+        'step:' || complete_task.step_slug || ':completed',
+        'pgflow:run:' || complete_task.run_id,
+        false);
+    elsif v_state.status = 'started' and v_state.remaining_deps = 0 then
+      -- It still waited for this step, so it started just now: its event and tasks, in step
+      -- order after this step's event, as start_ready_steps would send them.
+      perform pgflow._start_step_tasks(complete_task.run_id, v_flow_slug, v_state.step_slug,
+                                       v_state.remaining_tasks, v_state.started_at,
+                                       v_state.queue_name, v_state.opt_start_delay);
+    elsif v_state.status = 'created' and v_state.remaining_deps = 0 then
+      if v_state.initial_tasks > 0 then
+        v_ready := v_ready + 1;
+      elsif v_state.initial_tasks = 0 then
+        v_taskless := v_taskless + 1;
+      end if;
+    end if;
+  end loop;
 
   update pgflow.runs as r
      set remaining_steps = r.remaining_steps - 1
@@ -287,7 +334,7 @@ begin
       perform pgflow.maybe_complete_run(complete_task.run_id);
     end if;
   else
-    -- Without conditions only the children just counted down can have become ready.
+    -- Without conditions only the dependents just counted down can have become ready.
     if v_taskless > 0 then
       perform pgflow.cascade_complete_taskless_steps(complete_task.run_id);
     end if;

@@ -35,52 +35,9 @@ begin
     )
     select * from started order by started.step_index
   loop
-    perform realtime.send(
-      jsonb_build_object(
-        'event_type', 'step:started',
-        'run_id', start_ready_steps.run_id,
-        'step_slug', v_step.step_slug,
-        'status', 'started',
-        'started_at', v_step.started_at,
-        'remaining_tasks', v_step.initial_tasks,
-        'remaining_deps', 0),
-      'step:' || v_step.step_slug || ':started',
-      'pgflow:run:' || start_ready_steps.run_id,
-      false);
-
-    if v_step.initial_tasks = 1 then
-      insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
-                                     queue_name)
-      values (v_flow_slug, start_ready_steps.run_id, v_step.step_slug, 0,
-              pgflow._send_message(
-                v_step.queue_name,
-                jsonb_build_object(
-                  'flow_slug', v_flow_slug,
-                  'run_id', start_ready_steps.run_id,
-                  'step_slug', v_step.step_slug,
-                  'task_index', 0),
-                coalesce(v_step.opt_start_delay, 0)),
-              v_step.queue_name);
-    else
-      -- Message ids come from one sequence in insertion order, so the k-th smallest id
-      -- belongs to task k.
-      insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id,
-                                     queue_name)
-      select v_flow_slug, start_ready_steps.run_id, v_step.step_slug,
-             (row_number() over (order by sent.msg_id) - 1)::integer, sent.msg_id,
-             v_step.queue_name
-        from pgmq.send_batch(
-               v_step.queue_name,
-               array(
-                 select jsonb_build_object(
-                          'flow_slug', v_flow_slug,
-                          'run_id', start_ready_steps.run_id,
-                          'step_slug', v_step.step_slug,
-                          'task_index', i)
-                   from generate_series(0, v_step.initial_tasks - 1) as i
-                  order by i),
-               coalesce(v_step.opt_start_delay, 0)) as sent (msg_id);
-    end if;
+    perform pgflow._start_step_tasks(start_ready_steps.run_id, v_flow_slug, v_step.step_slug,
+                                     v_step.initial_tasks, v_step.started_at,
+                                     v_step.queue_name, v_step.opt_start_delay);
   end loop;
 end;
 $fn$;

@@ -462,8 +462,8 @@ begin
 
   -- One update completes the step and counts its dependents down: each gets one dependency
   -- less, a map child its task count, and a dependent left with none starts when it may. The
-  -- expressions read the rows being updated, so a sibling's completion committed meanwhile is
-  -- counted from (read committed re-checks an updated row, not another table's copy of it).
+  -- run's lock orders completions of one run; the expressions read the rows being updated
+  -- all the same, never a copy of them.
   for v_state in
     with changed as (
       update pgflow.step_states as ss

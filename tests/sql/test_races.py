@@ -618,3 +618,64 @@ def test_step_skipped_while_workers_claim_its_tasks(db_url: str) -> None:
             assert {r["status"] for r in alpha} == {"started"}
             handed_alpha = sorted(t.task_index for b in handed for t in b if t.step_slug == "alpha")
             assert handed_alpha == list(range(RACE_MAP_SIZE))
+
+
+@pytest.mark.parametrize("order", ["left first", "right first", "together"])
+def test_both_parents_of_a_step_completing_at_once_start_it_once(
+    any_db_url: str, order: str
+) -> None:
+    """A step waiting on two parents whose last tasks complete on two connections at once
+    starts exactly once, with one task and one message, whichever commits first: the second
+    completion queues behind the first's lock on the run and then sees its count-down."""
+    with psycopg.connect(any_db_url, autocommit=True) as conn:
+        define_flow(
+            conn,
+            "f",
+            [("root", []), ("left", ["root"]), ("right", ["root"]), ("join", ["left", "right"])],
+        )
+        run_id = start_flow(conn, "f", {})
+        [root] = read_and_start(conn, "f")
+        complete(conn, root, 1)
+        ids = message_ids(conn, run_id)
+        with connections(any_db_url, 3) as (a, b, observer):
+            wa, wb = worker_ids(2)
+            left = claim(a, ids, ("left", 0), wa)
+            right = claim(b, ids, ("right", 0), wb)
+            if order == "together":
+                together([partial(complete, a, left, "L"), partial(complete, b, right, "R")])
+            else:
+                first, second = (a, b) if order == "left first" else (b, a)
+                first_task, second_task = (left, right) if order == "left first" else (right, left)
+                done = threading.Event()
+                errors: list[BaseException] = []
+
+                def later() -> None:
+                    try:
+                        complete(second, second_task, "second")
+                    except BaseException as exc:  # reported below
+                        errors.append(exc)
+                    finally:
+                        done.set()
+
+                with first.transaction():
+                    complete(first, first_task, "first")
+                    thread = threading.Thread(target=later)
+                    thread.start()
+                    wait_until_blocked(observer, second.info.backend_pid)
+                    assert not done.is_set()
+                assert done.wait(10)
+                thread.join(10)
+                assert errors == []
+        states = step_states(conn, run_id)
+        assert states["join"]["status"] == "started"
+        assert states["join"]["remaining_deps"] == 0
+        assert states["join"]["remaining_tasks"] == 1
+        joins = [r for r in task_rows(conn, run_id) if r["step_slug"] == "join"]
+        assert len(joins) == 1
+        assert event_names(conn, run_id).count("step:join:started") == 1
+        [task] = read_and_start(conn, "f")
+        assert task.step_slug == "join"
+        assert set(task.deps) == {"left", "right"}
+        complete(conn, task, None)
+        assert run_row(conn, run_id)["status"] == "completed"
+        assert read_and_start(conn, "f") == []

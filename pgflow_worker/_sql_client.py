@@ -217,23 +217,23 @@ _COMPLETE = "select 1 from pgflow.complete_task(%s, %s, %s, %s)"
 _FAIL = "select 1 from pgflow.fail_task(%s, %s, %s, %s)"
 
 
-# Every result of a batch in one statement, in the batch's order: a call of a volatile function
-# sees what the calls before it did. Each row calls complete_task or fail_task, never both.
-#: The attempt of each claimed message's task, by queue (or, on SQL without per-step queues, by
-#: flow): one index probe per id whatever the statistics say. A join, or `message_id = any()`,
-#: let a planner that had not yet seen the queue's name walk all its tasks for every id.
+# The attempt of each claimed message's task, by queue (or, on SQL without per-step queues, by
+# flow): one index probe per id whatever the statistics say. A join, or `message_id = any()`,
+# let a planner that had not yet seen the queue's name walk all its tasks for every id.
 _ATTEMPTS_BY_QUEUE = (
     "select m.id, (select t.attempts_count from pgflow.step_tasks as t"
     " where t.queue_name = %s and t.message_id = m.id)"
     " from unnest(%s::bigint[]) as m (id)"
 )
-#: (That SQL's index on the message id alone is the one to probe; the flow is checked after.)
+# (That SQL's index is on the message id alone: it is the one probed, the flow checked after.)
 _ATTEMPTS_BY_FLOW = (
     "select m.id, (select max(t.attempts_count) filter (where t.flow_slug = %s)"
     " from pgflow.step_tasks as t where t.message_id = m.id)"
     " from unnest(%s::bigint[]) as m (id)"
 )
 
+# Every result of a batch in one statement, in the batch's order: a call of a volatile function
+# sees what the calls before it did. Each row calls complete_task or fail_task, never both.
 _REPORT_MANY = (
     "select case when r.failed"
     " then (select count(*) from pgflow.fail_task(r.run_id, r.step_slug, r.task_index, r.error))"

@@ -48,7 +48,7 @@ begin
          and t.step_slug = v_task.step_slug
          and t.task_index = v_task.task_index;
       if v_task.message_id is not null then
-        perform pgmq.archive(v_task.queue_name, v_task.message_id);
+        perform pgflow._archive_message(v_task.queue_name, v_task.message_id);
       end if;
     end if;
   end loop;
